@@ -1,0 +1,16 @@
+"""graphcomp: a compiler for recurrences.
+
+Write the step of a recurrent system as sympy equations; graphcomp unfolds it into a DAG,
+derives the gradient by reverse mode over that graph (backpropagation through time) and
+runs it in compiled kernels."""
+from .declare import (concat, cross_entropy, elementwise, exp, hadamard, log, mse, param, relu,
+                      sigmoid, signal, t, tanh)
+from .errors import GraphcompError
+from .kernel import Kernel, compile
+from .recurrence import Recurrence
+
+__version__ = "0.1.0"
+
+__all__ = ["t", "signal", "param", "Recurrence", "compile", "Kernel", "GraphcompError", "tanh",
+           "sigmoid", "relu", "exp", "log", "elementwise", "hadamard", "concat", "mse",
+           "cross_entropy"]

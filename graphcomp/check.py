@@ -1,0 +1,196 @@
+"""Call-time checks: every array a kernel is given is validated here, in the user's names,
+before any backend sees it, and converted to the layout the backends use."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from .errors import GraphcompError
+from .step import SignalInfo, Step
+
+
+@dataclass
+class Batch:
+    """Validated arrays in IR layout: parameters ``(m, n)``, ``(n, 1)`` or ``()``; inputs
+    ``(T, B, *shape)``, zero past each sequence's length; ``initial`` rows ordered by time."""
+
+    T: int
+    B: int
+    params: dict
+    inputs: dict
+    lengths: np.ndarray
+    initial: dict       # name -> (k, B, *shape) for every signal read beyond its boundary
+    dtype: np.dtype
+
+    @property
+    def valid(self) -> np.ndarray:
+        """(T, B) booleans: step t of sequence b exists."""
+        return np.arange(1, self.T + 1)[:, None] <= self.lengths[None, :]
+
+
+def _fmt(shape) -> str:
+    return "(" + ", ".join(str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _unknown(kind: str, name, known) -> GraphcompError:
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return GraphcompError(f"unknown {kind} {name!r}: the model's {kind}s are {sorted(known)}{hint}")
+
+
+def _array(value, what: str, dtype) -> np.ndarray:
+    try:
+        a = np.asarray(value)
+    except Exception as e:
+        raise GraphcompError(f"{what} is not an array: {e}") from None
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise GraphcompError(f"{what} has dtype {a.dtype}; give real numbers")
+    if np.issubdtype(a.dtype, np.complexfloating):
+        raise GraphcompError(f"{what} is complex; graphcomp works with real numbers")
+    return a.astype(dtype, copy=False)
+
+
+def _finite(a: np.ndarray, what: str) -> None:
+    bad = ~np.isfinite(a)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise GraphcompError(f"{what} contains {a[where]} at index {where}; give finite values")
+
+
+def _names(given, kind: str, required: list, allowed: list, step: Step) -> Mapping:
+    if not isinstance(given, Mapping):
+        raise GraphcompError(f"{kind}s must be a dict name -> array, got {type(given).__name__}")
+    for name in given:
+        if name not in allowed:
+            if kind == "input" and name in step.states:
+                raise GraphcompError(f"{name!r} is a state (computed by the model), not an input; "
+                                     f"to set its value before the first step pass initial={{{name!r}: ...}}")
+            if kind == "input" and name in step.outputs:
+                raise GraphcompError(f"{name!r} is an output of the model, not an input")
+            raise _unknown(kind, name, allowed)
+    missing = [n for n in required if n not in given]
+    if missing:
+        raise GraphcompError(f"missing {kind}{'s' if len(missing) > 1 else ''} {missing}: the model reads "
+                             f"{', '.join(repr(n) for n in required)}")
+    return given
+
+
+def prepare(step: Step, params, inputs, lengths=None, initial=None, *, with_loss: bool,
+            dtype=np.float64, steps: int | None = None) -> Batch:
+    """Validate and convert one call's arrays (see the module docstring)."""
+    dtype = np.dtype(dtype)
+    _names(params, "parameter", list(step.params), list(step.params), step)
+    out_params = {}
+    for name, shape in step.params.items():
+        want = shape[:1] if shape[1:] == (1,) else shape
+        a = _array(params[name], f"parameter {name!r}", dtype)
+        if a.shape != want:
+            hint = f" (a 1-D array; use .ravel())" if len(want) == 1 and a.size == want[0] else ""
+            raise GraphcompError(f"parameter {name!r} has shape {_fmt(a.shape)}, expected {_fmt(want)}{hint}")
+        _finite(a, f"parameter {name!r}")
+        out_params[name] = a.reshape(shape)
+
+    inputs = {} if inputs is None else inputs
+    needed = step.inputs_needed(with_loss)
+    _names(inputs, "input", needed, step.inputs, step)
+    T = B = None
+    for name in inputs:
+        a = np.asarray(inputs[name]) if not isinstance(inputs[name], np.ndarray) else inputs[name]
+        info = step.signals[name]
+        if a.ndim != 2 + len(info.array_shape):
+            raise GraphcompError(f"input {name!r} has shape {_fmt(a.shape)}; expected (T, B"
+                                 + "".join(f", {n}" for n in info.array_shape) + ") (time-major)")
+        if T is None:
+            T, B, first = a.shape[0], a.shape[1], name
+        elif a.shape[:2] != (T, B):
+            raise GraphcompError(f"input {name!r} has {a.shape[0]} steps and batch {a.shape[1]} but "
+                                 f"{first!r} has {T} steps and batch {B}; all inputs share (T, B)")
+    if T is None:
+        if steps is None:
+            raise GraphcompError("the model reads no input, so the number of steps is unknown: pass steps=T")
+        T, B = int(steps), None
+    elif steps is not None and steps != T:
+        raise GraphcompError(f"steps={steps} but the inputs have {T} steps")
+    if T < 1:
+        raise GraphcompError("the inputs have 0 time steps; give at least one")
+    if B is None:
+        B = _batch_from(step, lengths, initial)
+    if B < 1:
+        raise GraphcompError("the batch is empty (B = 0)")
+
+    if lengths is None:
+        lens = np.full(B, T, dtype=np.int64)
+    else:
+        raw = np.asarray(lengths)
+        if raw.shape != (B,):
+            raise GraphcompError(f"lengths has shape {_fmt(raw.shape)}; expected ({B},), one length per sequence")
+        if not (np.issubdtype(raw.dtype, np.integer) or
+                (np.issubdtype(raw.dtype, np.floating) and np.all(raw == np.round(raw)))):
+            raise GraphcompError(f"lengths must be integers, got {raw.dtype}")
+        lens = raw.astype(np.int64)
+        if lens.min() < 1 or lens.max() > T:
+            b = int(np.argmax((lens < 1) | (lens > T)))
+            raise GraphcompError(f"lengths[{b}] = {lens[b]} is outside 1..{T} (T = {T} steps)")
+    valid = np.arange(1, T + 1)[:, None] <= lens[None, :]
+
+    out_inputs = {}
+    for name in inputs:
+        info = step.signals[name]
+        a = _array(inputs[name], f"input {name!r}", dtype)
+        if a.shape[2:] != info.array_shape:
+            raise GraphcompError(f"input {name!r} has per-step shape {_fmt(a.shape[2:])}, expected "
+                                 f"{_fmt(info.array_shape)} (the model declares {name} as {_what(info)})")
+        mask = valid.reshape(valid.shape + (1,) * (a.ndim - 2))
+        a = np.where(mask, a, 0).astype(dtype, copy=False)   # past its length a sequence reads zeros
+        _finite(a, f"input {name!r}")
+        out_inputs[name] = a.reshape((T, B) + info.shape)
+
+    initial = {} if initial is None else initial
+    if not isinstance(initial, Mapping):
+        raise GraphcompError(f"initial must be a dict name -> array, got {type(initial).__name__}")
+    out_init = {}
+    for name in initial:
+        if name not in step.signals or (step.signals[name].history == 0):
+            readable = [n for n, i in step.signals.items() if i.history]
+            if name in step.signals:
+                raise GraphcompError(f"initial value for {name!r}, but {name} is never read "
+                                     f"{'before its first' if step.signals[name].direction > 0 else 'after its last'} "
+                                     f"step; signals with initial values: {readable}")
+            raise _unknown("signal", name, readable or list(step.signals))
+    for name, info in step.signals.items():
+        k = info.history
+        if not k:
+            continue
+        if name not in initial:
+            out_init[name] = np.zeros((k, B) + info.shape, dtype)
+            continue
+        a = _array(initial[name], f"initial value of {name!r}", dtype)
+        full = (k, B) + info.array_shape
+        if k == 1 and a.shape == full[1:]:
+            a = a[None]
+        if a.shape != full:
+            hint = (f"({B}{''.join(f', {n}' for n in info.array_shape)}) or " if k == 1 else "")
+            order = "oldest first" if info.direction > 0 else "in time order, first the step after the last"
+            raise GraphcompError(f"initial value of {name!r} has shape {_fmt(a.shape)}; expected {hint}"
+                                 f"{_fmt(full)}: {k} value(s) per sequence, {order}")
+        _finite(a, f"initial value of {name!r}")
+        out_init[name] = a.reshape((k, B) + info.shape)
+    return Batch(T, B, out_params, out_inputs, lens, out_init, dtype)
+
+
+def _what(info: SignalInfo) -> str:
+    return "a scalar" if not info.shape else "x".join(str(n) for n in info.shape)
+
+
+def _batch_from(step: Step, lengths, initial) -> int:
+    if lengths is not None:
+        return int(np.size(lengths))
+    for name, a in (initial or {}).items():
+        if name in step.signals:
+            info = step.signals[name]
+            a = np.asarray(a)
+            return a.shape[0] if a.ndim == len(info.array_shape) + 1 else a.shape[1]
+    return 1

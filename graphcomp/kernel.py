@@ -1,0 +1,106 @@
+"""``gc.compile``: a model's kernel set. The kernel checks every call's arrays, runs a backend
+and hands results back in the user's NumPy shapes and the kernel's dtype."""
+from __future__ import annotations
+
+import numpy as np
+
+from .check import Batch, prepare
+from .errors import GraphcompError
+from .reference import BACKENDS
+from .step import Step
+
+DTYPES = ("float64", "float32")
+
+
+class Kernel:
+    """Compiled ``forward`` and ``loss_and_grad`` for one model (see ``gc.compile``)."""
+
+    def __init__(self, step: Step, backend: str, dtype: str):
+        self.step, self.backend, self.dtype = step, backend, np.dtype(dtype)
+        self._impl = BACKENDS[backend](step)
+
+    def __repr__(self) -> str:
+        return f"<graphcomp kernel: backend={self.backend!r}, dtype={self.dtype.name}>"
+
+    def _prepare(self, params, inputs, lengths, initial, steps, with_loss) -> Batch:
+        # the NumPy backends compute in float64 and round results to the kernel's dtype
+        return prepare(self.step, params, inputs, lengths, initial, with_loss=with_loss, steps=steps)
+
+    def forward(self, params: dict, inputs: dict | None = None, lengths=None, initial: dict | None = None,
+                *, steps: int | None = None) -> dict:
+        """Outputs and states, each ``(T, B, ...)`` under its name. Past a sequence's length a
+        forward state keeps its last value and an output is zero."""
+        batch = self._prepare(params, inputs, lengths, initial, steps, with_loss=False)
+        states, outputs = self._impl.forward(batch)
+        _check_finite(self.step, batch, states)
+        result = {}
+        for s, a in states.items():
+            info = self.step.signals[s]
+            if info.direction > 0:   # a forward state stops changing past its sequence's end
+                last = a[batch.lengths - 1, np.arange(batch.B)]
+                a = np.where(_expand(batch.valid, a), a, last[None])
+            result[s] = self._out(a, (batch.T, batch.B) + info.array_shape)
+        for o, a in outputs.items():
+            shape = self.step.outputs[o].shape
+            result[o] = self._out(a, (batch.T, batch.B) + (shape[:1] if shape[1:] == (1,) else shape))
+        return result
+
+    def loss_and_grad(self, params: dict, inputs: dict | None = None, lengths=None,
+                      initial: dict | None = None, *, steps: int | None = None) -> tuple[float, dict]:
+        """The loss L = (1/B) Σ_b Σ_{t ≤ len_b} L_b(t) and its gradient w.r.t. every parameter,
+        keyed and shaped like ``params``."""
+        if self.step.loss is None:
+            raise GraphcompError("the model has no loss: pass loss=... to gc.Recurrence")
+        batch = self._prepare(params, inputs, lengths, initial, steps, with_loss=True)
+        loss, grads = self._impl.loss_and_grad(batch)
+        bad = [p for p, g in grads.items() if not np.all(np.isfinite(g))]
+        if not np.isfinite(loss) or bad:
+            states, _ = self._impl.forward(batch)
+            _check_finite(self.step, batch, states)
+            what = f"the gradient of {bad[0]!r}" if bad else "the loss"
+            raise GraphcompError(f"{what} is not finite ({loss if not bad else 'inf/nan'}) although every "
+                                 "state is: the loss or its derivative overflows (e.g. log of 0); check targets and parameters")
+        out = {}
+        for p, g in grads.items():
+            given = np.shape(params[p])
+            out[p] = self._out(g, given) if given else self.dtype.type(g)
+        return self.dtype.type(loss), out
+
+    def _out(self, a: np.ndarray, shape: tuple) -> np.ndarray:
+        return np.ascontiguousarray(np.reshape(a, shape), dtype=self.dtype)
+
+
+def _expand(valid: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return valid.reshape(valid.shape + (1,) * (like.ndim - 2))
+
+
+def _check_finite(step: Step, batch: Batch, states: dict) -> None:
+    """A state that overflows is an error that names it, the step and the sequence."""
+    for s, a in states.items():
+        bad = ~np.isfinite(a) & _expand(batch.valid, a)
+        if bad.any():
+            t, b = (int(i) for i in np.argwhere(bad)[0][:2])
+            raise GraphcompError(f"state {s!r} became {a[t, b].flat[0] if a[t, b].size else a[t, b]} at "
+                                 f"t={t + 1} in sequence {b}: the recurrence diverges for these parameters "
+                                 "and inputs (try smaller weights or shorter sequences)")
+
+
+def compile(model, backend: str | None = None, dtype: str = "float64") -> Kernel:
+    """Compile a ``Recurrence`` into a kernel set with ``forward`` and ``loss_and_grad``.
+
+    ``backend``: ``"reference"`` (NumPy time loops running the derived adjoint step) or
+    ``"unfolded"`` (reverse mode over the unfolded DAG: slow, the oracle); ``None`` picks the
+    fastest available. ``dtype``: ``"float64"`` or ``"float32"``, the dtype of the results."""
+    step = getattr(model, "step", model)
+    if not isinstance(step, Step):
+        raise GraphcompError(f"gc.compile needs a gc.Recurrence, got {type(model).__name__}")
+    backend = "reference" if backend is None else backend
+    if backend not in BACKENDS:
+        raise GraphcompError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise GraphcompError(f"dtype {dtype!r} is not supported; use 'float64' or 'float32'")
+    return Kernel(step, backend, name)

@@ -1,0 +1,141 @@
+"""``Recurrence``: the user's model. It keeps the equations as written, the lowered step and
+its adjoint, and shows them as equations and as the unfolded graph."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import networkx as nx
+import numpy as np
+import sympy as sp
+
+from . import ir
+from .autodiff import LOSS, adjoint
+from .declare import SignalRef, t
+from .step import build
+from .unfold import unfold
+
+
+def _signal_at(name: str, shape: tuple, time):
+    """The sympy form of signal ``name`` at ``time``: ``s(t)`` or the vector ``h(t)``."""
+    return SignalRef(name, time, *shape) if shape else sp.Function(name)(time)
+
+
+class Recurrence:
+    """A recurrent system: ``updates`` {state(t): expression}, optional ``outputs``
+    {name: expression} and a per-step scalar ``loss``. Checked when built: shapes, delays,
+    same-step cycles; every problem is a ``GraphcompError`` naming the symbols involved."""
+
+    def __init__(self, updates: Mapping, outputs: Mapping | None = None, loss=None):
+        self.step = build(updates, outputs, loss)
+        self._updates = {_key_name(k): sp.sympify(v) for k, v in updates.items()}
+        self._keys = dict(zip(self._updates, updates))
+        self._outputs = {k: sp.sympify(v) for k, v in (outputs or {}).items()}
+        self._loss = None if loss is None else sp.sympify(loss)
+        self._adjoint = None
+
+    # ------------------------------------------------------------ roles
+    @property
+    def states(self) -> list[str]:
+        """Names of the states (the keys of the updates), in the order written."""
+        return list(self._updates)
+
+    @property
+    def inputs(self) -> list[str]:
+        """Names of the signals that are read but never updated (targets included)."""
+        return self.step.inputs
+
+    @property
+    def params(self) -> list[str]:
+        """Names of the parameters: the remaining free symbols."""
+        return list(self.step.params)
+
+    @property
+    def outputs(self) -> list[str]:
+        return list(self._outputs)
+
+    def __repr__(self) -> str:
+        lines = [f"  {eq.lhs} = {eq.rhs}" for eq in self.equations()]
+        return "Recurrence(\n" + "\n".join(lines) + "\n)"
+
+    # ------------------------------------------------------------ equations
+    def equations(self) -> list[sp.Eq]:
+        """The forward step as written: the updates, then outputs, then the loss L(t)."""
+        eqs = [sp.Eq(self._keys[s], e, evaluate=False) for s, e in self._updates.items()]
+        for o, e in self._outputs.items():
+            eqs.append(sp.Eq(_signal_at(o, self.step.outputs[o].shape, t), e, evaluate=False))
+        if self._loss is not None:
+            eqs.append(sp.Eq(sp.Function(LOSS)(t), self._loss, evaluate=False))
+        return eqs
+
+    @property
+    def adjoint(self):
+        if self._adjoint is None:
+            self._adjoint = adjoint(self.step)
+        return self._adjoint
+
+    def gradient_equations(self) -> list[sp.Eq]:
+        """The derived backward (BPTT) recurrence: for each state, ∇s(t) = ∂L/∂s(t) in terms of
+        the adjoints of the steps that read s(t); then each parameter's gradient as a sum
+        over t. Written for sequences long enough that no boundary is in sight."""
+        step, adj = self.step, self.adjoint
+        eqs = []
+        for s in self.states:
+            shape = step.signals[s].shape
+            terms = []
+            for who in [*self.states, LOSS]:
+                for (name, off), node in adj.reads.get(who, {}).items():
+                    if name == s:
+                        terms.append(self._sympy(node, -off))
+            rhs = _sum(terms, shape)
+            eqs.append(sp.Eq(_signal_at(f"∇{s}", shape, t), rhs, evaluate=False))
+        T = sp.Symbol("T", integer=True, positive=True)
+        for p, shape in step.params.items():
+            terms = [self._sympy(adj.params[who][p], 0) for who in [*self.states, LOSS]
+                     if p in adj.params.get(who, {})]
+            lhs = sp.MatrixSymbol(f"∇{p}", *shape) if shape else sp.Symbol(f"∇{p}")
+            eqs.append(sp.Eq(lhs, sp.Sum(_sum(terms, shape), (t, 1, T)), evaluate=False))
+        return eqs
+
+    def _sympy(self, node: ir.Node, shift: int):
+        """An adjoint IR expression as sympy, with every time moved by ``shift``."""
+        step = self.step
+
+        def leaf(n):
+            if n.op == "read":
+                name, off = n.attr
+                return _signal_at(name, n.shape, t + off + shift)
+            if n.op == "param":
+                return sp.MatrixSymbol(n.attr, *n.shape) if n.shape else sp.Symbol(n.attr)
+            return _signal_at(f"∇{n.attr[1]}", n.shape, t + shift)
+
+        return ir.to_sympy([node], leaf)[0]
+
+    # ------------------------------------------------------------ graphs and arrays
+    def unfold(self, steps: int) -> nx.DiGraph:
+        """The computational graph over ``steps`` steps, as an acyclic networkx DiGraph."""
+        return unfold(self.step, steps)
+
+    def init_params(self, seed: int = 0) -> dict:
+        """Random parameters in their NumPy shapes: matrices N(0, 1/fan_in), vectors zero,
+        scalars uniform in (-0.5, 0.5)."""
+        rng = np.random.default_rng(seed)
+        out = {}
+        for p, shape in self.step.params.items():
+            if not shape:
+                out[p] = float(rng.uniform(-0.5, 0.5))
+            elif shape[1] == 1:
+                out[p] = np.zeros(shape[0])
+            else:
+                out[p] = rng.normal(0.0, 1.0 / np.sqrt(shape[1]), shape)
+        return out
+
+
+def _key_name(key) -> str:
+    key = sp.sympify(key)
+    return key.name if isinstance(key, SignalRef) else key.func.__name__
+
+
+def _sum(terms: list, shape: tuple):
+    if not terms:
+        return sp.ZeroMatrix(*shape) if shape else sp.Integer(0)
+    return sp.MatAdd(*terms) if shape else sp.Add(*terms)

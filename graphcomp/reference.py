@@ -1,0 +1,205 @@
+"""The two NumPy backends. ``loop`` runs the step over time and its adjoint step backwards,
+as the compiled kernels do; ``unfolded`` builds the unfolded DAG for each sequence length and
+walks it forward and in reverse (slow, and the oracle the others are held against).
+
+Both take a validated ``Batch`` and return IR-layout arrays; states come back "as read": zero
+past a sequence's end for a forward state, its boundary values for a backward one."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import ir
+from .autodiff import LOSS, Adjoint, adjoint, backprop, grad_var
+from .check import Batch
+from .step import Step
+from .unfold import evaluate, unfold
+
+
+def _margins(step: Step, name: str) -> tuple[int, int]:
+    """Rows kept before the first and after the last step for a signal's reads."""
+    offs = step.signals[name].offsets
+    return max(0, -min(offs, default=0)), max(0, max(offs, default=0))
+
+
+def _per_example(value: np.ndarray, node: ir.Node, B: int) -> np.ndarray:
+    return value if node.batched else np.broadcast_to(value, (B,) + np.shape(value))
+
+
+def _weighted(value: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Multiply a (B, ...) value by per-example weights (B,)."""
+    return value * w.reshape(w.shape + (1,) * (value.ndim - 1))
+
+
+class LoopBackend:
+    """Time loops over the step IR; the backward loop runs the adjoint step."""
+
+    def __init__(self, step: Step):
+        self.step = step
+        self.adjoint: Adjoint = adjoint(step)
+        self._orders = {}
+
+    def _order(self, roots: tuple) -> list:
+        if roots not in self._orders:
+            self._orders[roots] = ir.toposort(roots)
+        return self._orders[roots]
+
+    def _buffers(self, batch: Batch) -> tuple[dict, dict]:
+        """Every signal over its whole time range plus margins, as read by the step."""
+        ext, pre = {}, {}
+        for name, info in self.step.signals.items():
+            if info.role == "input" and name not in batch.inputs:
+                continue
+            before, after = _margins(self.step, name)
+            buf = np.zeros((before + batch.T + after, batch.B) + info.shape)
+            if info.role == "input":
+                buf[before:before + batch.T] = batch.inputs[name]
+            init = batch.initial.get(name)
+            if init is not None and info.direction > 0:
+                buf[:before] = init
+            elif init is not None:   # a backward state's values after each sequence's end
+                for j in range(len(init)):
+                    buf[before + batch.lengths + j, np.arange(batch.B)] = init[j]
+            ext[name], pre[name] = buf, before
+        return ext, pre
+
+    def _leaf(self, batch, ext, pre, t, seeds=None):
+        def leaf(node):
+            if node.op == "read":
+                name, off = node.attr
+                return ext[name][t + off - 1 + pre[name]]
+            if node.op == "param":
+                return batch.params[node.attr]
+            return seeds[node]
+        return leaf
+
+    def _eval(self, roots, leaf) -> dict:
+        roots = tuple(roots)
+        return ir.evaluate(roots, leaf, self._order(roots))
+
+    def _run(self, batch: Batch):
+        step, valid = self.step, batch.valid
+        ext, pre = self._buffers(batch)
+        for sweep in step.sweeps:
+            times = range(1, batch.T + 1) if sweep.direction > 0 else range(batch.T, 0, -1)
+            for t in times:
+                v = valid[t - 1]
+                leaf = self._leaf(batch, ext, pre, t)
+                for s in sweep.states:
+                    root = step.updates[s]
+                    val = _per_example(self._eval([root], leaf)[root], root, batch.B)
+                    ext[s][t - 1 + pre[s]][v] = val[v]
+        return ext, pre
+
+    def forward(self, batch: Batch) -> tuple[dict, dict]:
+        step = self.step
+        ext, pre = self._run(batch)
+        states = {s: ext[s][pre[s]:pre[s] + batch.T].copy() for s in step.states}
+        outputs = {o: np.zeros((batch.T, batch.B) + n.shape) for o, n in step.outputs.items()}
+        if outputs:
+            roots = tuple(step.outputs.values())
+            for t in range(1, batch.T + 1):
+                vals = self._eval(roots, self._leaf(batch, ext, pre, t))
+                v = batch.valid[t - 1]
+                for o, n in step.outputs.items():
+                    outputs[o][t - 1][v] = _per_example(vals[n], n, batch.B)[v]
+        return states, outputs
+
+    def loss_and_grad(self, batch: Batch) -> tuple[float, dict]:
+        step, adj, B = self.step, self.adjoint, batch.B
+        ext, pre = self._run(batch)
+        cot = {s: np.zeros_like(ext[s]) for s in step.states}
+        grads = {p: np.zeros(shape) for p, shape in step.params.items()}
+        loss = 0.0
+
+        def send(who, t, leaf, w):
+            """Add consumer ``who``'s cotangents at step t, weighted per example by w."""
+            reads, params = adj.reads[who], adj.params[who]
+            vals = self._eval([*reads.values(), *params.values()], leaf)
+            for (name, off), node in reads.items():
+                cot[name][t + off - 1 + pre[name]] += _weighted(_per_example(vals[node], node, B), w)
+            for p, node in params.items():
+                grads[p] += (_weighted(vals[node], w).sum(0) if node.batched else vals[node] * w.sum())
+
+        if step.loss is not None:
+            for t in range(1, batch.T + 1):
+                w = batch.valid[t - 1] / B
+                leaf = self._leaf(batch, ext, pre, t)
+                value = self._eval([step.loss], leaf)[step.loss]
+                loss += float((_per_example(value, step.loss, B) * w).sum())
+                send(LOSS, t, leaf, w)
+        for sweep in reversed(step.sweeps):
+            times = range(batch.T, 0, -1) if sweep.direction > 0 else range(1, batch.T + 1)
+            for t in times:
+                v = batch.valid[t - 1]
+                for s in reversed(sweep.states):
+                    g = _weighted(cot[s][t - 1 + pre[s]], v.astype(float))
+                    seed = grad_var(s, step.updates[s].shape)
+                    send(s, t, self._leaf(batch, ext, pre, t, {seed: g}), np.ones(B))
+        return loss, grads
+
+
+class UnfoldedBackend:
+    """Forward and reverse over the unfolded DAG, one DAG per distinct sequence length."""
+
+    def __init__(self, step: Step):
+        self.step = step
+        self._graphs = {}
+
+    def _graph(self, steps: int):
+        if steps not in self._graphs:
+            self._graphs[steps] = unfold(self.step, steps)
+        return self._graphs[steps]
+
+    def _boundary(self, batch: Batch, idx, name: str, time: int, length: int):
+        info = self.step.signals[name]
+        init, k = batch.initial.get(name), info.history
+        row = k + time - 1 if time < 1 and info.direction > 0 else time - length - 1 if time > length and info.direction < 0 else None
+        if init is not None and row is not None and 0 <= row < k:
+            return init[row][idx]
+        return np.zeros((len(idx),) + info.shape)
+
+    def _groups(self, batch: Batch):
+        for length in np.unique(batch.lengths):
+            idx = np.flatnonzero(batch.lengths == length)
+            graph = self._graph(int(length))
+
+            def leaf(nid, attrs, idx=idx, length=int(length)):
+                if attrs["kind"] == "param":
+                    return batch.params[attrs["name"]]
+                if attrs.get("initial"):
+                    return self._boundary(batch, idx, attrs["name"], attrs["time"], length)
+                if attrs["name"] not in batch.inputs:   # forward() without the loss's targets
+                    return np.zeros((len(idx),) + attrs["shape"])
+                return batch.inputs[attrs["name"]][attrs["time"] - 1][idx]
+
+            yield int(length), idx, graph, evaluate(graph, leaf)
+
+    def forward(self, batch: Batch) -> tuple[dict, dict]:
+        step = self.step
+        states = {s: np.zeros((batch.T, batch.B) + i.shape) for s, i in step.signals.items() if i.role == "state"}
+        outputs = {o: np.zeros((batch.T, batch.B) + n.shape) for o, n in step.outputs.items()}
+        for length, idx, graph, values in self._groups(batch):
+            for time in range(1, batch.T + 1):
+                for s in states:
+                    nid = ("state", s, time)
+                    states[s][time - 1, idx] = (values[nid] if time <= length else
+                                                self._boundary(batch, idx, s, time, length))
+                for o in outputs:
+                    if time <= length:
+                        outputs[o][time - 1, idx] = values[("output", o, time)]
+        return states, outputs
+
+    def loss_and_grad(self, batch: Batch) -> tuple[float, dict]:
+        loss = 0.0
+        grads = {p: np.zeros(shape) for p, shape in self.step.params.items()}
+        for length, idx, graph, values in self._groups(batch):
+            seeds = {("loss", LOSS, time): np.full(len(idx), 1.0 / batch.B) for time in range(1, length + 1)}
+            loss += sum(float(np.sum(values[nid])) for nid in seeds) / batch.B
+            ct = backprop(graph, values, seeds)
+            for p in grads:
+                if ("param", p, None) in ct:
+                    grads[p] += ct[("param", p, None)].sum(0)
+        return loss, grads
+
+
+BACKENDS = {"reference": LoopBackend, "unfolded": UnfoldedBackend}
