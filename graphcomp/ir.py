@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import sympy as sp
+from sympy.core.symbol import Str
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from .errors import GraphcompError
@@ -106,7 +107,7 @@ def emap(expr, args: Sequence[Node], shape: Shape | None = None) -> Node:
     expr = sp.sympify(expr)
     if shape is None:
         shape = _broadcast((a.shape for a in args), "elementwise op")
-    expr = expr.xreplace({X(i): a.attr for i, a in enumerate(args) if a.op == "const" and a.shape == ()})
+    expr = expr.xreplace({X(i): a.attr for i, a in enumerate(args) if a.op == "const"})
     used, renamed = [], {}
     for i, a in enumerate(args):
         if X(i) not in expr.free_symbols:
@@ -161,7 +162,9 @@ def total(a: Node) -> Node:
 
 def broadcast(a: Node, shape: Shape) -> Node:
     """A scalar repeated into every entry of ``shape``."""
-    return a if a.shape == tuple(shape) else _make("broadcast", (a,), tuple(shape))
+    if a.shape == tuple(shape):
+        return a
+    return const(a.attr, shape) if a.op == "const" else _make("broadcast", (a,), tuple(shape))
 
 
 def logsumexp(a: Node) -> Node:
@@ -196,6 +199,19 @@ def derivative(expr: sp.Expr, i: int, nargs: int) -> sp.Expr:
 
 
 # ---------------------------------------------------------------- the ops
+
+class Reduction(sp.Expr):
+    """The sympy form of a matrix reduced to a scalar: ``sum(M)`` or ``logsumexp(M)``."""
+
+    is_commutative = True
+    name = property(lambda self: self.args[0].name)
+
+    def _sympystr(self, printer):
+        return f"{self.name}({printer._print(self.args[1])})"
+
+    def _latex(self, printer):
+        return rf"\operatorname{{{self.name}}}\left({printer._print(self.args[1])}\right)"
+
 
 class Op:
     """The rules of one op. Leaves (no arguments) only need ``shape`` and ``label``."""
@@ -447,7 +463,7 @@ class Total(Op):
         return "Σ"
 
     def sympy(self, node, args):
-        return sp.Function("sum")(args[0])
+        return Reduction(Str("sum"), args[0])
 
 
 class Broadcast(Op):
@@ -494,7 +510,7 @@ class LogSumExp(Op):
         return t and total(emap(X(0) * sp.exp(X(1) - X(2)), [t, node.args[0], node]))
 
     def sympy(self, node, args):
-        return sp.Function("logsumexp")(args[0])
+        return Reduction(Str("logsumexp"), args[0])
 
 
 OPS: dict[str, Op] = {op.name: op for op in (

@@ -31,7 +31,8 @@ class Kernel:
         """Outputs and states, each ``(T, B, ...)`` under its name. Past a sequence's length a
         forward state keeps its last value and an output is zero."""
         batch = self._prepare(params, inputs, lengths, initial, steps, with_loss=False)
-        states, outputs = self._impl.forward(batch)
+        with np.errstate(all="ignore"):   # overflow is reported below, in the user's names
+            states, outputs = self._impl.forward(batch)
         _check_finite(self.step, batch, states)
         result = {}
         for s, a in states.items():
@@ -52,10 +53,12 @@ class Kernel:
         if self.step.loss is None:
             raise GraphcompError("the model has no loss: pass loss=... to gc.Recurrence")
         batch = self._prepare(params, inputs, lengths, initial, steps, with_loss=True)
-        loss, grads = self._impl.loss_and_grad(batch)
+        with np.errstate(all="ignore"):
+            loss, grads = self._impl.loss_and_grad(batch)
         bad = [p for p, g in grads.items() if not np.all(np.isfinite(g))]
         if not np.isfinite(loss) or bad:
-            states, _ = self._impl.forward(batch)
+            with np.errstate(all="ignore"):
+                states, _ = self._impl.forward(batch)
             _check_finite(self.step, batch, states)
             what = f"the gradient of {bad[0]!r}" if bad else "the loss"
             raise GraphcompError(f"{what} is not finite ({loss if not bad else 'inf/nan'}) although every "

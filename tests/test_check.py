@@ -1,0 +1,164 @@
+"""Call-time checks: every bad array is a GraphcompError in the user's names."""
+import re
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import graphcomp as gc
+
+from catalogue import delays, elman, bidirectional
+
+t = gc.t
+
+
+@pytest.fixture(scope="module")
+def el():
+    case = elman()
+    return case, gc.compile(case.model, backend="reference")
+
+
+def err(match):
+    return pytest.raises(gc.GraphcompError, match=match)
+
+
+def test_missing_and_unknown_parameters(el):
+    case, k = el
+    p = dict(case.params)
+    del p["W"]
+    with err(r"missing parameter \['W'\]"):
+        k.loss_and_grad(p, case.inputs)
+    with err(r"unknown parameter 'Ww'.*did you mean 'W'"):
+        k.loss_and_grad({**case.params, "Ww": 1.0}, case.inputs)
+    with err("parameters must be a dict"):
+        k.loss_and_grad([1, 2], case.inputs)
+
+
+def test_parameter_shapes_and_values(el):
+    case, k = el
+    with err(r"parameter 'W' has shape \(3, 4\), expected \(4, 4\)"):
+        k.loss_and_grad({**case.params, "W": np.zeros((3, 4))}, case.inputs)
+    with err(r"parameter 'b' has shape \(4, 1\), expected \(4,\).*ravel"):
+        k.loss_and_grad({**case.params, "b": np.zeros((4, 1))}, case.inputs)
+    bad = case.params["U"].copy()
+    bad[1, 2] = np.nan
+    with err(r"parameter 'U' contains nan at index \(1, 2\)"):
+        k.loss_and_grad({**case.params, "U": bad}, case.inputs)
+    with err("parameter 'W' is complex"):
+        k.loss_and_grad({**case.params, "W": case.params["W"] + 0j}, case.inputs)
+    with err("parameter 'W' has dtype <U1"):
+        k.loss_and_grad({**case.params, "W": np.full((4, 4), "a")}, case.inputs)
+
+
+def test_inputs(el):
+    case, k = el
+    with err(r"missing input \['y'\]"):
+        k.loss_and_grad(case.params, {"x": case.inputs["x"]})
+    # forward needs no target
+    out = k.forward(case.params, {"x": case.inputs["x"]})
+    assert out["h"].shape == (7, 3, 4)
+    with err(r"unknown input 'xx'.*did you mean 'x'"):
+        k.forward(case.params, {"x": case.inputs["x"], "xx": 0})
+    with err(r"'h' is a state .*initial=\{'h': \.\.\.\}"):
+        k.forward(case.params, {"x": case.inputs["x"], "h": 0})
+    with err(r"'o' is an output"):
+        k.forward(case.params, {"x": case.inputs["x"], "o": 0})
+    with err(r"input 'x' has shape \(7, 3\); expected \(T, B, 3\)"):
+        k.forward(case.params, {"x": case.inputs["x"][..., 0]})
+    with err(r"input 'x' has per-step shape \(2,\), expected \(3,\)"):
+        k.forward(case.params, {"x": case.inputs["x"][..., :2]})
+    with err(r"input 'y' has 5 steps and batch 3 but 'x' has 7 steps and batch 3"):
+        k.loss_and_grad(case.params, {"x": case.inputs["x"], "y": case.inputs["y"][:5]})
+    x = case.inputs["x"].copy()
+    x[2, 1, 0] = np.inf
+    with err(r"input 'x' contains inf at index \(2, 1, 0\)"):
+        k.forward(case.params, {"x": x})
+
+
+def test_nan_past_a_sequence_end_is_padding(el):
+    case, k = el
+    x = case.inputs["x"].copy()
+    lengths = np.array([7, 3, 5])
+    ref = k.forward(case.params, {"x": x}, lengths)
+    x[3:, 1] = np.nan   # padding of sequence 1
+    out = k.forward(case.params, {"x": x}, lengths)
+    assert np.array_equal(out["h"], ref["h"])
+
+
+def test_lengths(el):
+    case, k = el
+    with err(r"lengths\[1\] = 9 is outside 1..7"):
+        k.forward(case.params, case.inputs, lengths=[7, 9, 1])
+    with err(r"lengths\[2\] = 0 is outside 1..7"):
+        k.forward(case.params, case.inputs, lengths=[7, 1, 0])
+    with err(r"lengths has shape \(2,\); expected \(3,\)"):
+        k.forward(case.params, case.inputs, lengths=[7, 1])
+    with err("lengths must be integers"):
+        k.forward(case.params, case.inputs, lengths=[7, 1.5, 2])
+    out = k.forward(case.params, case.inputs, lengths=np.array([7.0, 1.0, 2.0]))
+    assert out["h"].shape == (7, 3, 4)
+
+
+def test_initial(el):
+    case, k = el
+    with err(r"initial value of 'h' has shape \(2, 4\); expected \(3, 4\) or \(1, 3, 4\)"):
+        k.forward(case.params, case.inputs, initial={"h": np.zeros((2, 4))})
+    with err(r"initial value for 'x', but x is never read before its first step"):
+        k.forward(case.params, case.inputs, initial={"x": np.zeros((3, 3))})
+    with err(r"unknown signal 'q'"):
+        k.forward(case.params, case.inputs, initial={"q": 0})
+    a = k.forward(case.params, case.inputs, initial={"h": np.ones((3, 4))})
+    b = k.forward(case.params, case.inputs, initial={"h": np.ones((1, 3, 4))})
+    assert np.array_equal(a["h"], b["h"])
+
+
+def test_initial_with_deeper_history():
+    case = delays()
+    k = gc.compile(case.model)
+    with err(r"initial value of 's' has shape \(3,\); expected \(3, 3\): 3 value\(s\) per sequence, oldest first"):
+        k.forward(case.params, case.inputs, initial={"s": np.zeros(3)})
+
+
+def test_backward_state_initial_is_after_the_end():
+    case = bidirectional()
+    k = gc.compile(case.model)
+    with err(r"in time order, first the step after the last"):
+        k.forward(case.params, case.inputs, initial={"g": np.zeros((2, 3, 3))})
+
+
+def test_divergence_is_reported_not_returned():
+    s, x = sp.Function("s"), sp.Function("x")
+    a = sp.Symbol("a")
+    m = gc.Recurrence({s(t): a * s(t - 1) + x(t)}, loss=s(t) ** 2)
+    k = gc.compile(m)
+    X = np.ones((800, 1))
+    with err(r"state 's' became inf at t=\d+ in sequence 0: the recurrence diverges"):
+        k.forward({"a": 3.0}, {"x": X})
+    with err(r"state 's' became inf"):
+        k.loss_and_grad({"a": 3.0}, {"x": X})
+
+
+def test_model_without_inputs_needs_steps():
+    s = sp.Function("s")
+    a = sp.Symbol("a")
+    m = gc.Recurrence({s(t): a * s(t - 1) + 1}, loss=s(t) ** 2)
+    k = gc.compile(m)
+    with err("reads no input.*steps=T"):
+        k.forward({"a": 0.5})
+    out = k.forward({"a": 0.5}, steps=3)
+    assert np.allclose(out["s"][:, 0], [1, 1.5, 1.75])
+    out = k.forward({"a": 0.5}, steps=3, initial={"s": np.array([2.0, 0.0])})
+    assert np.allclose(out["s"][:, 0], [2, 2, 2])
+
+
+def test_compile_arguments(el):
+    case, _ = el
+    with err("unknown backend 'cuda'"):
+        gc.compile(case.model, backend="cuda")
+    with err("dtype 'int8' is not supported"):
+        gc.compile(case.model, dtype="int8")
+    with err("gc.compile needs a gc.Recurrence"):
+        gc.compile("model")
+    m = gc.Recurrence({sp.Function("s")(t): sp.Function("s")(t - 1) + 1})
+    with err("the model has no loss"):
+        gc.compile(m).loss_and_grad({}, steps=2)
