@@ -12,7 +12,7 @@ from . import ir
 from .ir import Node
 from .step import Step
 
-LOSS = "L"   # the consumer key of the loss in an Adjoint
+LOSS = ("loss",)   # the loss's key among an Adjoint's consumers (no state name can equal it)
 
 
 def grad_var(state: str, shape: tuple) -> Node:

@@ -589,10 +589,6 @@ def _rebuild(node: Node, args: tuple) -> Node:
     return _make(node.op, args, node.attr)
 
 
-def leaves(roots: Iterable[Node]) -> list[Node]:
-    return [n for n in toposort(roots) if n.op in LEAVES]
-
-
 def typecheck(roots: Iterable[Node]) -> None:
     """Re-run every shape rule; raises if a node's recorded shape disagrees."""
     for node in toposort(roots):

@@ -11,7 +11,7 @@ import sympy as sp
 from . import ir
 from .autodiff import LOSS, adjoint
 from .declare import SignalRef, t
-from .step import build
+from .step import LOSS_NAME, build
 from .unfold import unfold
 
 
@@ -64,7 +64,7 @@ class Recurrence:
         for o, e in self._outputs.items():
             eqs.append(sp.Eq(_signal_at(o, self.step.outputs[o].shape, t), e, evaluate=False))
         if self._loss is not None:
-            eqs.append(sp.Eq(sp.Function(LOSS)(t), self._loss, evaluate=False))
+            eqs.append(sp.Eq(sp.Function(LOSS_NAME)(t), self._loss, evaluate=False))
         return eqs
 
     @property
@@ -98,8 +98,6 @@ class Recurrence:
 
     def _sympy(self, node: ir.Node, shift: int):
         """An adjoint IR expression as sympy, with every time moved by ``shift``."""
-        step = self.step
-
         def leaf(n):
             if n.op == "read":
                 name, off = n.attr

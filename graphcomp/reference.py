@@ -11,7 +11,7 @@ import numpy as np
 from . import ir
 from .autodiff import LOSS, Adjoint, adjoint, backprop, grad_var
 from .check import Batch
-from .step import Step
+from .step import LOSS_NAME, Step
 from .unfold import evaluate, unfold
 
 
@@ -193,7 +193,7 @@ class UnfoldedBackend:
         loss = 0.0
         grads = {p: np.zeros(shape) for p, shape in self.step.params.items()}
         for length, idx, graph, values in self._groups(batch):
-            seeds = {("loss", LOSS, time): np.full(len(idx), 1.0 / batch.B) for time in range(1, length + 1)}
+            seeds = {("loss", LOSS_NAME, time): np.full(len(idx), 1.0 / batch.B) for time in range(1, length + 1)}
             loss += sum(float(np.sum(values[nid])) for nid in seeds) / batch.B
             ct = backprop(graph, values, seeds)
             for p in grads:

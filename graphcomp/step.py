@@ -17,6 +17,9 @@ from .errors import GraphcompError
 from .ir import X, Node
 
 
+LOSS_NAME = "L"   # the per-step loss L(t), in equations and in the unfolded graph
+
+
 @dataclass(frozen=True)
 class SignalInfo:
     """A time-indexed signal: a state (computed by an update) or an input (given)."""
@@ -77,7 +80,7 @@ class Step:
         roots = {f"{s}(t)": n for s, n in self.updates.items()}
         roots.update({f"{o}(t)": n for o, n in self.outputs.items()})
         if self.loss is not None:
-            roots["L(t)"] = self.loss
+            roots[f"{LOSS_NAME}(t)"] = self.loss
         return ir.pretty(roots)
 
 

@@ -16,9 +16,7 @@ import numpy as np
 
 from . import ir
 from .errors import GraphcompError
-from .step import Step
-
-LOSS = "L"
+from .step import LOSS_NAME, Step
 
 
 def unfold(step: Step, steps: int) -> nx.DiGraph:
@@ -65,7 +63,7 @@ def unfold(step: Step, steps: int) -> nx.DiGraph:
         for o, root in step.outputs.items():
             computed("output", o, time, root)
         if step.loss is not None:
-            computed("loss", LOSS, time, step.loss)
+            computed("loss", LOSS_NAME, time, step.loss)
     return g
 
 
