@@ -113,6 +113,15 @@ class Recurrence:
         """The computational graph over ``steps`` steps, as an acyclic networkx DiGraph."""
         return unfold(self.step, steps)
 
+    def draw(self, kind: str = "circuit", steps: int | None = None, max_columns: int = 6):
+        """A ``graphviz.Digraph`` of the model: ``"circuit"`` (one node per variable, a black
+        square marked k on every edge delayed by k steps), ``"unfolded"`` (one column per step,
+        ``steps`` of them, default 3; the middle ones elided past ``max_columns``), ``"step"``
+        (the ops of one step) or ``"gradient"`` (unfolded, with the backward flow in red).
+        Jupyter shows it inline; ``.render(path, format="svg")`` writes a file."""
+        from .draw import draw
+        return draw(self.step, kind, steps, max_columns)
+
     def init_params(self, seed: int = 0) -> dict:
         """Random parameters in their NumPy shapes: matrices N(0, 1/fan_in), vectors zero,
         scalars uniform in (-0.5, 0.5)."""

@@ -1,0 +1,317 @@
+"""Diagrams as a textbook draws them, with graphviz: the circuit (one node per variable, a
+black square on every delayed edge), the unfolded graph (one column per time step), the
+computational graph of one step, and the unfolded graph with the backward flow overlaid."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import graphviz
+import sympy as sp
+
+from . import ir
+from .errors import GraphcompError
+from .step import LOSS_NAME, Step
+
+FONT = "Helvetica"
+MATH = "Times-Italic"
+KINDS = ("circuit", "unfolded", "step", "gradient")
+STYLE = {
+    "input": dict(shape="circle", style="filled", fillcolor="#e8eef7", color="#4a6a9a"),
+    "state": dict(shape="circle", style="filled", fillcolor="#fdf1d8", color="#a5791b", penwidth="1.4"),
+    "output": dict(shape="circle", style="filled", fillcolor="#e6f2e6", color="#3f7f3f"),
+    "loss": dict(shape="circle", style="filled", fillcolor="#f7e1e1", color="#a33a3a"),
+    "initial": dict(shape="circle", style="filled,dashed", fillcolor="#f4f4f4", color="#888888"),
+}
+BACKWARD = "#c0392b"   # the colour of the adjoint flow and of anti-causal edges
+
+
+@dataclass(frozen=True)
+class Edge:
+    """In the circuit: ``dst`` reads ``src`` at ``t + offset``, through parameters ``params``."""
+
+    src: str
+    dst: str
+    offset: int
+    params: tuple
+
+
+def circuit_edges(step: Step) -> list[Edge]:
+    """Every read between variables, with the parameters that multiply it on its way."""
+    consumers = [(s, n, {}) for s, n in step.updates.items()]
+    consumers += [(o, n, {}) for o, n in step.outputs.items()]
+    if step.loss is not None:
+        consumers.append((LOSS_NAME, step.loss, {n: o for o, n in step.outputs.items()}))
+    edges = []
+    for dst, root, stops in consumers:
+        reach, carried = {}, {}
+        for node in _toposort_until(root, stops):
+            if node in stops:
+                reach[node] = {(stops[node], 0)}
+            elif node.op == "read":
+                reach[node] = {node.attr}
+            else:
+                reach[node] = set().union(*(reach.get(a, set()) for a in node.args))
+            multiplies = node.op == "matmul" or (node.op == "map" and isinstance(node.attr, sp.Mul))
+            if multiplies and node not in stops:
+                for a in node.args:
+                    if a.op == "param":
+                        for key in reach[node]:
+                            carried.setdefault(key, []).append(a.attr)
+        for key in sorted(reach.get(root, set()), key=lambda k: (k[1] != 0, k)):
+            params = tuple(dict.fromkeys(carried.get(key, [])))
+            edges.append(Edge(key[0], dst, key[1], params))
+    return edges
+
+
+def _toposort_until(root, stops) -> list:
+    order, seen, stack = [], set(), [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if done:
+            order.append(node)
+        elif node not in seen:
+            seen.add(node)
+            stack.append((node, True))
+            if node not in stops:
+                stack.extend((a, False) for a in node.args if a not in seen)
+    return order
+
+
+# ---------------------------------------------------------------- labels
+
+def _math(name: str, time: str | None = None) -> str:
+    """An HTML label: the name in italics, the time as a superscript, as in h<sup>(t)</sup>."""
+    base = name.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    sub = ""
+    if "_" in base:
+        base, sub = base.split("_", 1)
+        sub = f"<sub>{sub}</sub>"
+    return f"<<i>{base}</i>{sub}" + (f"<sup>({time})</sup>" if time is not None else "") + ">"
+
+
+def _params_label(params: tuple) -> str:
+    return _math(", ".join(params)) if params else ""
+
+
+def _time(t: int) -> str:
+    return str(t)
+
+
+def _kind(step: Step, name: str) -> str:
+    if name == LOSS_NAME and name not in step.signals:
+        return "loss"
+    if name in step.outputs:
+        return "output"
+    return step.signals[name].role
+
+
+def _digraph(name: str, rankdir: str = "BT") -> graphviz.Digraph:
+    g = graphviz.Digraph(name)
+    g.attr(rankdir=rankdir, fontname=FONT, nodesep="0.45", ranksep="0.55", newrank="true")
+    g.attr("node", fontname=MATH, fontsize="14", width="0.55", height="0.55", fixedsize="false")
+    g.attr("edge", fontname=MATH, fontsize="12", arrowsize="0.7", color="#333333")
+    return g
+
+
+def _layers(step: Step, edges: list[Edge]) -> dict:
+    """Vertical level of each variable: inputs at the bottom, each variable above those it
+    reads at the same step, states that run backwards a row above the forward ones at their
+    level, and targets read only by the loss above the loss."""
+    names = list(step.signals) + list(step.outputs) + ([LOSS_NAME] if step.loss is not None else [])
+    below = [(e.src, e.dst) for e in edges if e.offset == 0]
+    level = {n: 0 if _kind(step, n) == "input" else 1 for n in names}
+    for _ in range(2):
+        for _ in names:
+            for src, dst in below:
+                level[dst] = max(level[dst], level[src] + 1)
+        ahead = [n for n in names if n in step.signals and step.signals[n].role == "state"
+                 and step.signals[n].direction > 0]
+        below += [(f, b) for b in names if b in step.signals and step.signals[b].direction < 0
+                  and step.signals[b].role == "state" for f in ahead if level[f] == level[b]]
+    top = level.get(LOSS_NAME)
+    for n in names:
+        if _kind(step, n) == "input" and top is not None and {e.dst for e in edges if e.src == n} == {LOSS_NAME}:
+            level[n] = top + 1
+    return level
+
+
+def _stack_rows(g: graphviz.Digraph, rows: list) -> None:
+    """Invisible edges that put each row (a level) strictly above the one before."""
+    for lower, upper in zip(rows, rows[1:]):
+        g.edge(lower[0], upper[0], style="invis")
+
+
+def _edge(g: graphviz.Digraph, src: str, dst: str, upward: bool, **attrs) -> None:
+    """An edge drawn from ``src`` to ``dst``; laid out the other way round (arrow reversed)
+    when it points down or back in time, so that ranks and time order stay clean."""
+    if upward:
+        g.edge(src, dst, **attrs)
+    else:
+        g.edge(dst, src, dir="back", **attrs)
+
+
+# ---------------------------------------------------------------- circuit
+
+def circuit(step: Step) -> graphviz.Digraph:
+    edges = circuit_edges(step)
+    level = _layers(step, edges)
+    g = _digraph("circuit")
+    by_level: dict = {}
+    for n, lv in level.items():
+        by_level.setdefault(lv, []).append(n)
+    for lv, names in sorted(by_level.items()):
+        with g.subgraph() as row:
+            row.attr(rank="same")
+            for n in names:
+                row.node(f"v_{n}", _math(n), **STYLE[_kind(step, n)])
+    _stack_rows(g, [[f"v_{n}" for n in names] for _, names in sorted(by_level.items())])
+    for k, e in enumerate(edges):
+        src, dst = f"v_{e.src}", f"v_{e.dst}"
+        label = _params_label(e.params)
+        up = level[e.dst] >= level[e.src]
+        if e.offset == 0:
+            _edge(g, src, dst, up, label=label)
+            continue
+        future = e.offset > 0
+        sq = f"delay_{k}"
+        g.node(sq, f"{abs(e.offset)}" if not future else f"+{e.offset}", shape="square", style="filled",
+               fillcolor=BACKWARD if future else "black", color=BACKWARD if future else "black",
+               fontcolor="white", fontname=FONT, fontsize="9", width="0.22", height="0.22", fixedsize="true")
+        style = dict(color=BACKWARD, style="dashed") if future else {}
+        _edge(g, src, sq, up, arrowhead="none", **style)
+        _edge(g, sq, dst, up, label=label, **style)
+    return g
+
+
+# ---------------------------------------------------------------- unfolded
+
+def columns(steps: int, max_columns: int) -> tuple[list, int | None]:
+    """The steps drawn, and the step after which an ellipsis stands for the elided ones."""
+    if steps <= max_columns:
+        return list(range(1, steps + 1)), None
+    head = (max_columns + 1) // 2
+    return list(range(1, head + 1)) + list(range(steps - (max_columns - head) + 1, steps + 1)), head
+
+
+def unfolded(step: Step, steps: int, max_columns: int = 6, backward: bool = False) -> graphviz.Digraph:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise GraphcompError(f"steps must be a positive integer, got {steps!r}")
+    if max_columns < 2:
+        raise GraphcompError(f"max_columns must be at least 2, got {max_columns!r}")
+    edges = circuit_edges(step)
+    level = _layers(step, edges)
+    shown, gap = columns(steps, max_columns)
+
+    def slot(time):
+        """Where a variable at ``time`` is drawn: its own column, the ellipsis, or a boundary."""
+        if time < 1 or time > steps:
+            return ("initial", time)
+        return ("shown", time) if time in shown else ("gap", gap + 0.5)
+
+    nodes, links = {}, {}
+    for time in range(1, steps + 1):
+        for e in edges:
+            src, dst = (e.src, slot(time + e.offset)), (e.dst, slot(time))
+            if dst[1][0] == "gap" and src[1][0] != "shown":
+                continue
+            for name, (what, when) in (src, dst):
+                nodes[(name, when)] = what
+            links.setdefault(((src[0], src[1][1]), (dst[0], dst[1][1])), e)
+    for time in shown:   # variables nobody reads (a last layer without loss) still get a column
+        for name in level:
+            if _kind(step, name) != "input":
+                nodes.setdefault((name, time), "shown")
+
+    def nid(key):
+        name, when = key
+        return f"n_{name}_{when}".replace("-", "m").replace(".", "_")
+
+    g = _digraph("gradient" if backward else "unfolded")
+    notes = [f"{steps} steps: {gap + 1}…{shown[gap] - 1} elided"] if gap is not None else []
+    if backward:
+        notes.append("red dashed: the backward (adjoint) flow, against every edge")
+    if notes:
+        g.attr(label="; ".join(notes), labelloc="b", fontname=FONT, fontsize="11")
+    rows: dict = {}
+    for key, what in nodes.items():
+        rows.setdefault(level[key[0]], []).append(key)
+    for lv, keys in sorted(rows.items()):
+        with g.subgraph() as row:
+            row.attr(rank="same")
+            for key in keys:
+                name, when = key
+                if nodes[key] == "gap":
+                    row.node(nid(key), "⋯", shape="plaintext", fontname=FONT, fontsize="20")
+                else:
+                    style = STYLE["initial"] if nodes[key] == "initial" else STYLE[_kind(step, name)]
+                    row.node(nid(key), _math(name, str(when)), **style)
+        by_var: dict = {}
+        for key in keys:
+            by_var.setdefault(key[0], []).append(key)
+        for var_keys in by_var.values():    # keep each row in time order, left to right
+            ordered = sorted(var_keys, key=lambda k: k[1])
+            for a, b in zip(ordered, ordered[1:]):
+                if (a, b) not in links and (b, a) not in links:   # a real edge already orders them
+                    g.edge(nid(a), nid(b), style="invis", weight="4")
+    _stack_rows(g, [[nid(k) for k in keys] for _, keys in sorted(rows.items())])
+    for (src, dst), e in links.items():
+        style = dict(color=BACKWARD, style="dashed") if e.offset > 0 else {}
+        lo, ld = level[src[0]], level[dst[0]]
+        up = ld > lo or (ld == lo and dst[1] >= src[1])
+        _edge(g, nid(src), nid(dst), up, label=_params_label(e.params), **style)
+        if backward:   # the adjoint flows against every edge
+            _edge(g, nid(dst), nid(src), not up, color=BACKWARD, style="dashed", constraint="false",
+                  arrowsize="0.6")
+    return g
+
+
+# ---------------------------------------------------------------- one step
+
+def step_graph(step: Step) -> graphviz.Digraph:
+    """The computational graph of one step: the IR's ops as nodes, from reads to results."""
+    roots = {f"{s}": n for s, n in step.updates.items()}
+    roots.update(step.outputs)
+    if step.loss is not None:
+        roots[LOSS_NAME] = step.loss
+    g = _digraph("step")
+    ids = {}
+    for k, node in enumerate(ir.toposort(roots.values())):
+        ids[node] = f"op{k}"
+        if node.op == "read" and node.attr[1] == 0 and node.attr[0] in step.updates:
+            ids[node] = f"root_{node.attr[0]}"   # h(t) read at the same step: the state's node
+        elif node.op == "read":
+            name, off = node.attr
+            time = "t" if off == 0 else f"t{off:+d}"
+            kind = step.signals[name].role if name in step.signals else "state"
+            g.node(ids[node], _math(name, time), **STYLE[kind])
+        elif node.op == "param":
+            g.node(ids[node], _math(node.attr), shape="box", style="rounded,filled", fillcolor="#eeeeee",
+                   color="#777777", height="0.35")
+        elif node.op == "const":
+            g.node(ids[node], str(node.attr), shape="plaintext", fontname=FONT)
+        else:
+            g.node(ids[node], _op_label(node), shape="ellipse", fontname=FONT, fontsize="12",
+                   height="0.35", width="0.35", style="filled", fillcolor="white")
+            for a in node.args:
+                g.edge(ids[a], ids[node])
+    for name, node in roots.items():
+        kind = "loss" if name == LOSS_NAME and name not in step.signals else _kind(step, name)
+        g.node(f"root_{name}", _math(name, "t"), **STYLE[kind])
+        g.edge(ids[node], f"root_{name}")
+    return g
+
+
+def _op_label(node: ir.Node) -> str:
+    label = ir.OPS[node.op].label(node)
+    return {"@": "matmul", "sigmoid": "σ", "ᵀ": "transpose", "Σ": "sum"}.get(label, label)
+
+
+def draw(step: Step, kind: str = "circuit", steps: int | None = None, max_columns: int = 6) -> graphviz.Digraph:
+    """Dispatch on ``kind``; see ``Recurrence.draw``."""
+    if kind not in KINDS:
+        raise GraphcompError(f"unknown diagram kind {kind!r}; choose one of {list(KINDS)}")
+    if kind == "circuit":
+        return circuit(step)
+    if kind == "step":
+        return step_graph(step)
+    return unfolded(step, 3 if steps is None else steps, max_columns, backward=kind == "gradient")
