@@ -31,11 +31,13 @@ class SignalRef(sp.MatrixExpr):
         return f"{self.name}({printer._print(self.time)})"
 
     def _latex(self, printer) -> str:
-        return f"{_latex_name(self.name)}^{{({printer._print(self.time)})}}"
+        return signal_latex(self.name, printer._print(self.time))
 
 
-def _latex_name(name: str) -> str:
-    return sp.latex(sp.Symbol(name))
+def signal_latex(name: str, time: str) -> str:
+    """``h^{(t-1)}``; an adjoint ``∇h`` is written ``\\nabla_{h^{(t)}} L``."""
+    at = f"{sp.latex(sp.Symbol(name.lstrip('∇')))}^{{({time})}}"
+    return rf"\nabla_{{{at}}} L" if name.startswith("∇") else at
 
 
 class Signal:

@@ -67,6 +67,16 @@ class Recurrence:
             eqs.append(sp.Eq(sp.Function(LOSS_NAME)(t), self._loss, evaluate=False))
         return eqs
 
+    def latex(self, gradient: bool = True) -> str:
+        """The equations (and, unless ``gradient=False``, the derived BPTT equations) in
+        textbook notation, as a LaTeX ``aligned`` block."""
+        from .latex import aligned
+        eqs = self.equations() + (self.gradient_equations() if gradient else [])
+        return aligned(eqs)
+
+    def _repr_latex_(self) -> str:
+        return f"$${self.latex(gradient=False)}$$"
+
     @property
     def adjoint(self):
         if self._adjoint is None:
