@@ -206,7 +206,7 @@ class CrossEntropy(sp.Expr):
 
     def _latex(self, printer):
         z, y = (printer._print(a) for a in self.args)
-        return rf"-{y}^{{\top}} \log \operatorname{{softmax}}\left({z}\right)"
+        return rf"-{{{y}}}^{{\top}} \log \operatorname{{softmax}}\left({z}\right)"
 
 
 def mse(pred, target):

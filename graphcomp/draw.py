@@ -79,22 +79,20 @@ def _toposort_until(root, stops) -> list:
 
 # ---------------------------------------------------------------- labels
 
+def _html(name: str) -> str:
+    """A name in italics, what follows its first underscore as a subscript: W_f -> W<sub>f</sub>."""
+    name = name.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    base, _, sub = name.partition("_")
+    return f"<i>{base}</i>" + (f"<sub>{sub}</sub>" if sub else "")
+
+
 def _math(name: str, time: str | None = None) -> str:
-    """An HTML label: the name in italics, the time as a superscript, as in h<sup>(t)</sup>."""
-    base = name.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    sub = ""
-    if "_" in base:
-        base, sub = base.split("_", 1)
-        sub = f"<sub>{sub}</sub>"
-    return f"<<i>{base}</i>{sub}" + (f"<sup>({time})</sup>" if time is not None else "") + ">"
+    """An HTML label as a textbook writes a variable: h<sup>(t)</sup>."""
+    return f"<{_html(name)}" + (f"<sup>({time})</sup>" if time is not None else "") + ">"
 
 
 def _params_label(params: tuple) -> str:
-    return _math(", ".join(params)) if params else ""
-
-
-def _time(t: int) -> str:
-    return str(t)
+    return "<" + ", ".join(_html(p) for p in params) + ">" if params else ""
 
 
 def _kind(step: Step, name: str) -> str:
@@ -229,7 +227,7 @@ def unfolded(step: Step, steps: int, max_columns: int = 6, backward: bool = Fals
     g = _digraph("gradient" if backward else "unfolded")
     notes = [f"{steps} steps: {gap + 1}…{shown[gap] - 1} elided"] if gap is not None else []
     if backward:
-        notes.append("red dashed: the backward (adjoint) flow, against every edge")
+        notes.append("red dashed: the backward (adjoint) flow of the gradient")
     if notes:
         g.attr(label="; ".join(notes), labelloc="b", fontname=FONT, fontsize="11")
     rows: dict = {}
@@ -259,7 +257,8 @@ def unfolded(step: Step, steps: int, max_columns: int = 6, backward: bool = Fals
         lo, ld = level[src[0]], level[dst[0]]
         up = ld > lo or (ld == lo and dst[1] >= src[1])
         _edge(g, nid(src), nid(dst), up, label=_params_label(e.params), **style)
-        if backward:   # the adjoint flows against every edge
+        if backward and nodes[src] != "initial" and _kind(step, src[0]) != "input":
+            # the adjoint flows back along every edge out of a computed variable
             _edge(g, nid(dst), nid(src), not up, color=BACKWARD, style="dashed", constraint="false",
                   arrowsize="0.6")
     return g

@@ -1,0 +1,111 @@
+"""Regenerate docs/gallery.md and its diagrams: python docs/make_gallery.py
+
+Each model of the gallery is drawn as a circuit and unfolded over a few steps (SVG, in
+docs/gallery/), and its equations and derived BPTT equations are written out in LaTeX."""
+from pathlib import Path
+
+import sympy as sp
+
+import graphcomp as gc
+from graphcomp.latex import aligned
+
+t = gc.t
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "gallery"
+
+
+def scalar_map():
+    s, x, y = sp.Function("s"), sp.Function("x"), sp.Function("y")
+    a, b, c = sp.symbols("a b c")
+    return gc.Recurrence({s(t): a * s(t - 1) + b * sp.tanh(s(t - 1)) + c * x(t)}, loss=(s(t) - y(t)) ** 2)
+
+
+def elman(D=3, H=4, O=2):
+    h, x, y = gc.signal("h", H), gc.signal("x", D), gc.signal("y", O)
+    W, U, V, b = gc.param("W", H, H), gc.param("U", H, D), gc.param("V", O, H), gc.param("b", H)
+    return gc.Recurrence({h(t): gc.tanh(W * h(t - 1) + U * x(t) + b)}, outputs={"o": V * h(t)},
+                         loss=gc.mse(gc.signal("o", O)(t), y(t)))
+
+
+def lstm(D=3, H=4, O=2):
+    h, c, x, y = gc.signal("h", H), gc.signal("c", H), gc.signal("x", D), gc.signal("y", O)
+    gate = {g: gc.param(f"W_{g}", H, H) * h(t - 1) + gc.param(f"U_{g}", H, D) * x(t) + gc.param(f"b_{g}", H)
+            for g in "ifog"}
+    i, f, o, g = gc.sigmoid(gate["i"]), gc.sigmoid(gate["f"]), gc.sigmoid(gate["o"]), gc.tanh(gate["g"])
+    V = gc.param("V", O, H)
+    return gc.Recurrence({c(t): gc.hadamard(f, c(t - 1)) + gc.hadamard(i, g),
+                          h(t): gc.hadamard(o, gc.tanh(c(t)))},
+                         outputs={"z": V * h(t)}, loss=gc.cross_entropy(gc.signal("z", O)(t), y(t)))
+
+
+def gru(D=3, H=4, O=2):
+    """PyTorch's formulation: the reset gate scales the recurrent product."""
+    h, x, y = gc.signal("h", H), gc.signal("x", D), gc.signal("y", O)
+    W = {g: gc.param(f"W_{g}", H, D) for g in "rzn"}
+    U = {g: gc.param(f"U_{g}", H, H) for g in "rzn"}
+    b = {g: gc.param(f"b_{g}", H) for g in "rzn"}
+    r = gc.sigmoid(W["r"] * x(t) + U["r"] * h(t - 1) + b["r"])
+    z = gc.sigmoid(W["z"] * x(t) + U["z"] * h(t - 1) + b["z"])
+    n = gc.tanh(W["n"] * x(t) + gc.hadamard(r, U["n"] * h(t - 1)) + b["n"])
+    V = gc.param("V", O, H)
+    return gc.Recurrence({h(t): n + gc.hadamard(z, h(t - 1) - n)}, outputs={"o": V * h(t)},
+                         loss=gc.mse(gc.signal("o", O)(t), y(t)))
+
+
+def delays():
+    s, x, y = sp.Function("s"), sp.Function("x"), sp.Function("y")
+    a, b, c = sp.symbols("a b c")
+    return gc.Recurrence({s(t): a * s(t - 1) + b * sp.tanh(s(t - 3)) + c * x(t)}, loss=(s(t) - y(t)) ** 2)
+
+
+def bidirectional(D=3, H=4, O=2):
+    f, g, x, y = gc.signal("f", H), gc.signal("g", H), gc.signal("x", D), gc.signal("y", O)
+    W_f, W_g = gc.param("W_f", H, H), gc.param("W_g", H, H)
+    U_f, U_g = gc.param("U_f", H, D), gc.param("U_g", H, D)
+    V_f, V_g = gc.param("V_f", O, H), gc.param("V_g", O, H)
+    return gc.Recurrence({f(t): gc.tanh(W_f * f(t - 1) + U_f * x(t)), g(t): gc.tanh(W_g * g(t + 1) + U_g * x(t))},
+                         outputs={"o": V_f * f(t) + V_g * g(t)}, loss=gc.mse(gc.signal("o", O)(t), y(t)))
+
+
+GALLERY = [
+    ("scalar_map", "A damped nonlinear map", scalar_map,
+     "The scalar map of a dynamical system driven by an input: one state, one delayed self-edge."),
+    ("elman", "Elman network", elman,
+     "Hidden-to-hidden recurrence with a linear readout and a squared-error loss. Its adjoint is "
+     "the textbook's: the gradient at h(t) comes from the loss at t and, through Wᵀ and tanh', from h(t+1)."),
+    ("lstm", "LSTM", lstm,
+     "The cell c(t) carries memory through the forget gate; h(t) reads c(t) at the same step."),
+    ("gru", "GRU (PyTorch's formulation)", gru,
+     "The reset gate r scales the recurrent product U_n h(t-1) before the tanh."),
+    ("delays", "Delays 1 and 3", delays,
+     "A state that reads itself one and three steps back: two delay squares, marked 1 and 3."),
+    ("bidirectional", "Bidirectional network", bidirectional,
+     "f runs forward in time, g reads g(t+1) and runs backwards (red); the output combines both."),
+]
+
+
+def main() -> None:
+    OUT.mkdir(exist_ok=True)
+    lines = ["# Gallery", "",
+             "Circuit and unfolded diagrams, equations and derived BPTT equations of classic recurrences, "
+             "as graphcomp draws and derives them. Regenerate with `python docs/make_gallery.py` "
+             "(needs graphviz's `dot`).", "",
+             "In a circuit, a black square marked k is a delay of k steps; a red square marked +k reads k "
+             "steps ahead (the state runs backwards in time). Unfolded, each column is one time step and "
+             "every step carries the same parameter labels: the parameters are shared.", ""]
+    for key, title, make, text in GALLERY:
+        model = make()
+        for kind, steps in (("circuit", None), ("unfolded", 4)):
+            graph = model.draw(kind, steps=steps)
+            (OUT / f"{key}_{kind}.svg").write_bytes(graph.pipe(format="svg"))
+        lines += [f"## {title}", "", text, "",
+                  f"| circuit | unfolded over 4 steps |", "|---|---|",
+                  f"| ![{title} circuit](gallery/{key}_circuit.svg) | ![{title} unfolded](gallery/{key}_unfolded.svg) |",
+                  "", "Equations:", "", "$$", model.latex(gradient=False), "$$", "",
+                  "Derived backward (BPTT) equations:", "", "$$", aligned(model.gradient_equations()), "$$", ""]
+    (HERE / "gallery.md").write_text("\n".join(lines))
+    print(f"wrote {HERE / 'gallery.md'} and {len(GALLERY) * 2} diagrams in {OUT}")
+
+
+if __name__ == "__main__":
+    main()
