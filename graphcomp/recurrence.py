@@ -97,6 +97,9 @@ class Recurrence:
                     if name == s:
                         terms.append(self._sympy(node, -off))
             rhs = _sum(terms, shape)
+            if not shape:   # a ∇s(t+1) (a + b tanh'(...)) reads better than two terms
+                adjoints = [f for f in rhs.atoms(sp.Function) if str(getattr(f, "func", "")).startswith("∇")]
+                rhs = sp.collect(rhs, adjoints) if adjoints else rhs
             eqs.append(sp.Eq(_signal_at(f"∇{s}", shape, t), rhs, evaluate=False))
         T = sp.Symbol("T", integer=True, positive=True)
         for p, shape in step.params.items():
