@@ -1,8 +1,10 @@
 """A short tour of graphcomp: declare a recurrence, look at its equations, its derived BPTT
-equations and its unfolded graph, then fit its parameters to a measured series by gradient
+equations, its unfolded graph and its diagrams, then fit its parameters to a measured series by gradient
 descent with the compiled kernel's loss and gradient."""
 import time
+from pathlib import Path
 
+import graphviz
 import numpy as np
 import sympy as sp
 
@@ -36,7 +38,19 @@ for _, data in g.nodes(data=True):
 print(f"  {g.number_of_nodes()} nodes, {g.number_of_edges()} edges, by kind: {kinds}")
 print("  parameter a feeds:", sorted({g.nodes[v]['time'] for v in g.successors(('param', 'a', None))}))
 
-section("4. Data: 16 noisy series of different lengths from known parameters")
+section("4. Diagrams: the circuit and the unfolded graph (graphviz)")
+out = Path("out")
+out.mkdir(exist_ok=True)
+for kind in ("circuit", "unfolded", "gradient"):
+    graph = model.draw(kind, steps=4)
+    try:
+        path = graph.render(out / f"scalar_map_{kind}", format="svg", cleanup=True)
+        print(f"  wrote {path}")
+    except graphviz.ExecutableNotFound:
+        print(f"  graphviz's dot is missing: install graphviz to render {kind}; its DOT source:")
+        print("   ", graph.source.splitlines()[0], "...")
+
+section("5. Data: 16 noisy series of different lengths from known parameters")
 rng = np.random.default_rng(0)
 true = {"a": 0.6, "b": 0.5, "c": 0.8}
 T, B = 200, 16
@@ -46,7 +60,7 @@ kernel = gc.compile(model)
 clean = kernel.forward(true, {"x": X}, lengths)["s"]
 Y = clean + 0.05 * rng.normal(size=clean.shape)
 
-section("5. Fit by gradient descent (Adam) on loss_and_grad")
+section("6. Fit by gradient descent (Adam) on loss_and_grad")
 params = {"a": 0.0, "b": 0.0, "c": 0.1}
 m = {p: 0.0 for p in params}
 v = {p: 0.0 for p in params}
@@ -64,7 +78,7 @@ print("  parameter   true   fitted")
 for p in params:
     print(f"  {p:9s} {true[p]:6.3f} {params[p]:8.3f}")
 
-section("6. The gradient, checked three ways")
+section("7. The gradient, checked three ways")
 oracle = gc.compile(model, backend="unfolded")
 short = {"x": X[:12, :3], "y": Y[:12, :3]}
 l1, g1 = kernel.loss_and_grad(params, short)
