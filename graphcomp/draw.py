@@ -44,7 +44,7 @@ def circuit_edges(step: Step) -> list[Edge]:
     edges = []
     for dst, root, stops in consumers:
         reach, carried = {}, {}
-        for node in _toposort_until(root, stops):
+        for node in ir.toposort([root], stop=stops):
             if node in stops:
                 reach[node] = {(stops[node], 0)}
             elif node.op == "read":
@@ -61,20 +61,6 @@ def circuit_edges(step: Step) -> list[Edge]:
             params = tuple(dict.fromkeys(carried.get(key, [])))
             edges.append(Edge(key[0], dst, key[1], params))
     return edges
-
-
-def _toposort_until(root, stops) -> list:
-    order, seen, stack = [], set(), [(root, False)]
-    while stack:
-        node, done = stack.pop()
-        if done:
-            order.append(node)
-        elif node not in seen:
-            seen.add(node)
-            stack.append((node, True))
-            if node not in stops:
-                stack.extend((a, False) for a in node.args if a not in seen)
-    return order
 
 
 # ---------------------------------------------------------------- labels

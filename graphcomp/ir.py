@@ -521,9 +521,10 @@ LEAVES = ("read", "param", "var")
 
 # ---------------------------------------------------------------- interpreters
 
-def toposort(roots: Iterable[Node]) -> list[Node]:
-    """All nodes reachable from ``roots``, arguments before their users (no recursion)."""
-    order, seen = [], set()
+def toposort(roots: Iterable[Node], stop: Iterable[Node] = ()) -> list[Node]:
+    """All nodes reachable from ``roots``, arguments before their users (no recursion);
+    the arguments of ``stop`` nodes are not followed."""
+    order, seen, stop = [], set(), set(stop)
     for root in roots:
         stack = [(root, False)]
         while stack:
@@ -533,7 +534,8 @@ def toposort(roots: Iterable[Node]) -> list[Node]:
             elif node not in seen:
                 seen.add(node)
                 stack.append((node, True))
-                stack.extend((a, False) for a in reversed(node.args) if a not in seen)
+                if node not in stop:
+                    stack.extend((a, False) for a in reversed(node.args) if a not in seen)
     return order
 
 

@@ -29,6 +29,15 @@ def torch_loss(hidden, V, c, y):
     return (((pred - y) ** 2).mean(-1) * mask).sum() / B
 
 
+def same_hidden_states(kernel, params, X, out, hn):
+    """graphcomp's h on the valid steps equals PyTorch's packed output; its held final h, h_n."""
+    fwd = kernel.forward(params, {"x": X}, LENGTHS)
+    valid = np.arange(T)[:, None] < LENGTHS[None, :]
+    assert np.allclose(fwd["h"][valid], out.detach().numpy()[valid], rtol=1e-10, atol=1e-12)
+    assert np.allclose(fwd["h"][-1], hn.detach().numpy()[0], rtol=1e-10)
+    return fwd
+
+
 def readout_case(seed):
     rng = np.random.default_rng(seed)
     x, y = rng.normal(size=(T, B, D)), rng.normal(size=(T, B, O))
@@ -54,10 +63,7 @@ def test_elman_equals_torch_rnn():
     loss.backward()
 
     k = gc.compile(model)
-    fwd = k.forward(ours, {"x": X}, LENGTHS)
-    valid = np.arange(T)[:, None] < LENGTHS[None, :]
-    assert np.allclose(fwd["h"][valid], out.detach().numpy()[valid], rtol=1e-10, atol=1e-12)
-    assert np.allclose(fwd["h"][-1], hn.detach().numpy()[0], rtol=1e-10)   # held final state = h_n
+    fwd = same_hidden_states(k, ours, X, out, hn)   # held final state = h_n
     value, grads = k.loss_and_grad(ours, {"x": X, "y": Y}, LENGTHS)
     assert value == pytest.approx(loss.item(), rel=1e-10)
     for n, p in params.items():
@@ -90,10 +96,7 @@ def test_lstm_equals_torch_lstm():
     loss.backward()
 
     k = gc.compile(model)
-    fwd = k.forward(ours, {"x": X}, LENGTHS)
-    valid = np.arange(T)[:, None] < LENGTHS[None, :]
-    assert np.allclose(fwd["h"][valid], out.detach().numpy()[valid], rtol=1e-10, atol=1e-12)
-    assert np.allclose(fwd["h"][-1], hn.detach().numpy()[0], rtol=1e-10)
+    fwd = same_hidden_states(k, ours, X, out, hn)
     assert np.allclose(fwd["c"][-1], cn_.detach().numpy()[0], rtol=1e-10)
     value, grads = k.loss_and_grad(ours, {"x": X, "y": Y}, LENGTHS)
     assert value == pytest.approx(loss.item(), rel=1e-10)
