@@ -138,7 +138,9 @@ def elementwise(fn, expr):
     expr = sp.sympify(expr)
     lam = _as_lambda(fn)
     if isinstance(expr, sp.MatrixExpr):
-        return ElementwiseApplyFunction(lam, expr)
+        # built directly: sympy's constructor calls the function on a 1x1 matrix, and
+        # gc.sigmoid of a matrix is this very constructor
+        return sp.Basic.__new__(ElementwiseApplyFunction, lam, expr)
     return lam(expr)
 
 
