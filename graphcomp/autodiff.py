@@ -30,14 +30,15 @@ class Adjoint:
     params: dict   # consumer -> {param: Node}
 
 
-def adjoint(step: Step) -> Adjoint:
-    """Derive the adjoint step once, by reverse mode over the step's IR."""
+def adjoint(step: Step, loss_seed: Node | None = None) -> Adjoint:
+    """Derive the adjoint step once, by reverse mode over the step's IR. The loss's seed is 1
+    unless ``loss_seed`` is given (a per-example weight, for kernels that fold masks in)."""
     tape = {node: ir.read(s, 0, node.shape) for s, node in step.updates.items()
             if node.args}  # a state that is a bare leaf (s(t) = x(t)) needs no tape
     reads, params = {}, {}
     consumers = {s: (node, grad_var(s, node.shape)) for s, node in step.updates.items()}
     if step.loss is not None:
-        consumers[LOSS] = (step.loss, ir.const(1))
+        consumers[LOSS] = (step.loss, ir.const(1) if loss_seed is None else loss_seed)
     for who, (root, seed) in consumers.items():
         ct = ir.vjp({root: seed})
         r = {n.attr: g for n, g in ct.items() if n.op == "read" and n.attr[0] in step.updates}

@@ -2,6 +2,8 @@
 and hands results back in the user's NumPy shapes and the kernel's dtype."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .check import Batch, prepare
@@ -15,16 +17,23 @@ DTYPES = ("float64", "float32")
 class Kernel:
     """Compiled ``forward`` and ``loss_and_grad`` for one model (see ``gc.compile``)."""
 
-    def __init__(self, step: Step, backend: str, dtype: str):
-        self.step, self.backend, self.dtype = step, backend, np.dtype(dtype)
-        self._impl = BACKENDS[backend](step)
+    def __init__(self, step: Step, backend: str, dtype: str, impl):
+        self.step, self.backend, self.dtype, self._impl = step, backend, np.dtype(dtype), impl
+
+    @property
+    def source(self) -> str:
+        """The generated source of the compiled kernels (the Numba backend only)."""
+        if not hasattr(self._impl, "source"):
+            raise GraphcompError(f"the {self.backend!r} backend generates no source; use gc.compile(model, backend='numba')")
+        return self._impl.source
 
     def __repr__(self) -> str:
         return f"<graphcomp kernel: backend={self.backend!r}, dtype={self.dtype.name}>"
 
     def _prepare(self, params, inputs, lengths, initial, steps, with_loss) -> Batch:
         # the NumPy backends compute in float64 and round results to the kernel's dtype
-        return prepare(self.step, params, inputs, lengths, initial, with_loss=with_loss, steps=steps)
+        dtype = getattr(self._impl, "dtype", np.float64)
+        return prepare(self.step, params, inputs, lengths, initial, with_loss=with_loss, steps=steps, dtype=dtype)
 
     def forward(self, params: dict, inputs: dict | None = None, lengths=None, initial: dict | None = None,
                 *, steps: int | None = None) -> dict:
@@ -91,19 +100,30 @@ def _check_finite(step: Step, batch: Batch, states: dict) -> None:
 def compile(model, backend: str | None = None, dtype: str = "float64") -> Kernel:
     """Compile a ``Recurrence`` into a kernel set with ``forward`` and ``loss_and_grad``.
 
-    ``backend``: ``"reference"`` (NumPy time loops running the derived adjoint step) or
-    ``"unfolded"`` (reverse mode over the unfolded DAG: slow, the oracle); ``None`` picks the
-    fastest available. ``dtype``: ``"float64"`` or ``"float32"``, the dtype of the results."""
+    ``backend``: ``"numba"`` (generated loops compiled with Numba), ``"reference"`` (NumPy
+    time loops running the derived adjoint step) or ``"unfolded"`` (reverse mode over the
+    unfolded DAG: slow, the oracle); ``None`` picks Numba, or the reference backend for a
+    model the code generator does not handle. ``dtype``: ``"float64"`` or ``"float32"``."""
     step = getattr(model, "step", model)
     if not isinstance(step, Step):
         raise GraphcompError(f"gc.compile needs a gc.Recurrence, got {type(model).__name__}")
-    backend = "reference" if backend is None else backend
-    if backend not in BACKENDS:
-        raise GraphcompError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
+    if backend is not None and backend not in (*BACKENDS, "numba"):
+        raise GraphcompError(f"unknown backend {backend!r}; choose one of {sorted([*BACKENDS, 'numba'])}")
     try:
         name = np.dtype(dtype).name
     except TypeError:
         name = None
     if name not in DTYPES:
         raise GraphcompError(f"dtype {dtype!r} is not supported; use 'float64' or 'float32'")
-    return Kernel(step, backend, name)
+    if backend in (None, "numba"):
+        from .codegen import Unsupported
+        from .compiled import NumbaBackend
+        try:
+            return Kernel(step, "numba", name, NumbaBackend(step, name))
+        except Unsupported as e:
+            if backend == "numba":
+                raise GraphcompError(f"the Numba backend cannot compile this model yet ({e}); "
+                                     "use backend='reference'") from None
+            warnings.warn(f"graphcomp: running this model on the NumPy reference backend: {e}", stacklevel=2)
+            backend = "reference"
+    return Kernel(step, backend, name, BACKENDS[backend](step))

@@ -21,6 +21,32 @@ def _margins(step: Step, name: str) -> tuple[int, int]:
     return max(0, -min(offs, default=0)), max(0, max(offs, default=0))
 
 
+def timelines(step: Step, batch: Batch, flat: bool = False, dtype=np.float64) -> tuple[dict, dict]:
+    """Every signal over its whole time range plus margins, as the step reads it: rows before
+    the first step hold ``initial`` values, rows after each sequence's end zeros (or, for a
+    state that runs backwards, its ``initial`` values). Also the number of rows before step 1.
+    ``flat`` drops the trailing 1 of column vectors: (rows, B, n) instead of (rows, B, n, 1)."""
+    ext, pre = {}, {}
+    for name, info in step.signals.items():
+        if info.role == "input" and name not in batch.inputs:
+            continue
+        before, after = _margins(step, name)
+        shape = info.array_shape if flat else info.shape
+        buf = np.zeros((before + batch.T + after, batch.B) + shape, dtype)
+        if info.role == "input":
+            buf[before:before + batch.T] = batch.inputs[name].reshape((batch.T, batch.B) + shape)
+        init = batch.initial.get(name)
+        if init is not None:
+            init = init.reshape(init.shape[:2] + shape)
+            if info.direction > 0:
+                buf[:before] = init
+            else:   # a backward state's values after each sequence's end
+                for j in range(len(init)):
+                    buf[before + batch.lengths + j, np.arange(batch.B)] = init[j]
+        ext[name], pre[name] = buf, before
+    return ext, pre
+
+
 def _per_example(value: np.ndarray, node: ir.Node, B: int) -> np.ndarray:
     return value if node.batched else np.broadcast_to(value, (B,) + np.shape(value))
 
@@ -43,25 +69,6 @@ class LoopBackend:
             self._orders[roots] = ir.toposort(roots)
         return self._orders[roots]
 
-    def _buffers(self, batch: Batch) -> tuple[dict, dict]:
-        """Every signal over its whole time range plus margins, as read by the step."""
-        ext, pre = {}, {}
-        for name, info in self.step.signals.items():
-            if info.role == "input" and name not in batch.inputs:
-                continue
-            before, after = _margins(self.step, name)
-            buf = np.zeros((before + batch.T + after, batch.B) + info.shape)
-            if info.role == "input":
-                buf[before:before + batch.T] = batch.inputs[name]
-            init = batch.initial.get(name)
-            if init is not None and info.direction > 0:
-                buf[:before] = init
-            elif init is not None:   # a backward state's values after each sequence's end
-                for j in range(len(init)):
-                    buf[before + batch.lengths + j, np.arange(batch.B)] = init[j]
-            ext[name], pre[name] = buf, before
-        return ext, pre
-
     def _leaf(self, batch, ext, pre, t, seeds=None):
         def leaf(node):
             if node.op == "read":
@@ -78,7 +85,7 @@ class LoopBackend:
 
     def _run(self, batch: Batch):
         step, valid = self.step, batch.valid
-        ext, pre = self._buffers(batch)
+        ext, pre = timelines(self.step, batch)
         for sweep in step.sweeps:
             times = range(1, batch.T + 1) if sweep.direction > 0 else range(batch.T, 0, -1)
             for t in times:
