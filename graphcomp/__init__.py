@@ -6,11 +6,11 @@ runs it in compiled kernels."""
 from .declare import (concat, cross_entropy, elementwise, exp, hadamard, log, mse, param, relu,
                       sigmoid, signal, t, tanh)
 from .errors import GraphcompError
-from .kernel import Kernel, compile
+from .kernel import Kernel, compile, export
 from .recurrence import Recurrence
 
 __version__ = "0.1.0"
 
-__all__ = ["t", "signal", "param", "Recurrence", "compile", "Kernel", "GraphcompError", "tanh",
+__all__ = ["t", "signal", "param", "Recurrence", "compile", "export", "Kernel", "GraphcompError", "tanh",
            "sigmoid", "relu", "exp", "log", "elementwise", "hadamard", "concat", "mse",
            "cross_entropy"]

@@ -3,6 +3,7 @@ and hands results back in the user's NumPy shapes and the kernel's dtype."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -127,3 +128,19 @@ def compile(model, backend: str | None = None, dtype: str = "float64") -> Kernel
             warnings.warn(f"graphcomp: running this model on the NumPy reference backend: {e}", stacklevel=2)
             backend = "reference"
     return Kernel(step, backend, name, BACKENDS[backend](step))
+
+
+def export(model, path, dtype: str = "float64") -> Path:
+    """Write the model's generated kernels to ``path`` as a standalone module that needs only
+    numpy and numba. Its functions take the arrays in the layout ``Kernel.source`` shows."""
+    from .codegen import KernelSource, Unsupported
+    step = getattr(model, "step", model)
+    if not isinstance(step, Step):
+        raise GraphcompError(f"gc.export needs a gc.Recurrence, got {type(model).__name__}")
+    try:
+        text = KernelSource(step, np.dtype(dtype).name).text
+    except Unsupported as e:
+        raise GraphcompError(f"the Numba backend cannot compile this model yet ({e})") from None
+    path = Path(path)
+    path.write_text(text)
+    return path
