@@ -175,8 +175,7 @@ class Emitter:
             g.line(f"    {out}[r] = m + math.log(acc)")
         else:
             raise Unsupported(f"op {node.op!r}")
-        if dest is None:
-            self.names[node] = out
+        self.names[node] = out
 
     def _matmul(self, node: Node, out: str) -> None:
         a, b = node.args
@@ -208,6 +207,7 @@ class Generator:
         self.counter = itertools.count()
         self.constants: dict = {}
         self.const_lines: list = []
+        self.time_loop = None   # (line index, depth) of the time loop being written
 
     def line(self, text: str) -> None:
         self.lines.append("    " * self.depth + text)
@@ -221,10 +221,26 @@ class Generator:
         return name
 
     def temp(self, node: Node, rows: str) -> str:
+        """A new array for a node's value; inside a time loop it is allocated once, before it."""
         name = f"v{next(self.counter)}"
         n = _vector(node.shape)
-        self.line(f"{name} = np.empty({rows if n is None else f'({rows}, {n})'}, dtype)")
+        text = f"{name} = np.empty({rows if n is None else f'({rows}, {n})'}, dtype)"
+        if self.time_loop is None:
+            self.line(text)
+        else:
+            index, depth = self.time_loop
+            self.lines.insert(index, "    " * depth + text)
+            self.time_loop = (index + 1, depth)
         return name
+
+    def begin_time_loop(self, times: str) -> None:
+        self.time_loop = (len(self.lines), self.depth)
+        self.line(f"for t in {times}:")
+        self.depth += 1
+
+    def end_time_loop(self) -> None:
+        self.depth -= 1
+        self.time_loop = None
 
     def loop(self, rows: str, n: int | None, body: list, mask: str | None = None) -> None:
         """``for r in range(rows)`` [``if mask``] [``for i in range(n)``]: body."""
@@ -362,19 +378,30 @@ class KernelSource:
                  and (n in roots or any(dep[u] and n in u.args for u in dep))]
         hoisted = Emitter(gen, "R", self._row_names(hoist, False))
         hoisted.emit(hoist)
+        # values of the forward step that the adjoint reads are kept (the tape), not recomputed
+        inside = {n for n in dep if dep[n]}
+        adjoint_nodes = ir.toposort([n for who in adj.reads for n in adj.reads[who].values()] +
+                                    [n for who in adj.params for n in adj.params[who].values()], stop=inside)
+        tape = {n: f"tape{k}" for k, n in enumerate(n for n in adjoint_nodes
+                                                     if n in inside and n.args and n.op != "transpose")}
+        if with_grad:
+            for node, name in tape.items():
+                n = _vector(node.shape)
+                gen.line(f"{name} = np.zeros((T, B{'' if n is None else f', {n}'}), dtype)")
         for sweep in step.sweeps:
-            times = "range(1, T + 1)" if sweep.direction > 0 else "range(T, 0, -1)"
-            gen.line(f"for t in {times}:")
-            gen.depth += 1
+            gen.begin_time_loop("range(1, T + 1)" if sweep.direction > 0 else "range(T, 0, -1)")
             names = {n: f"{hoisted.names[n]}[(t - 1) * B:t * B]" for n in hoist}
             em = Emitter(gen, "B", names, mask="t <= lengths[r]")
             for node in ir.toposort([step.updates[s] for s in sweep.states]):
                 if node.op == "read":
                     em.names.setdefault(node, self._read(*node.attr, "t"))
             for s in sweep.states:
-                em.emit([step.updates[s]], into={step.updates[s]: self._read(s, 0, "t")})
-                # a later state of this step reads s(t) from its timeline
-            gen.depth -= 1
+                root = step.updates[s]
+                if with_grad:
+                    kept = [n for n in ir.toposort([root]) if n in tape and n not in em.names and n is not root]
+                    em.emit(kept, into={n: f"{tape[n]}[t - 1]" for n in kept})
+                em.emit([root], into={root: self._read(s, 0, "t")})
+            gen.end_time_loop()
         if not with_grad:
             outs = list(step.outputs.values())
             em = Emitter(gen, "R", self._row_names(outs, False))
@@ -383,18 +410,21 @@ class KernelSource:
             return self._wrap(fname, gen, with_grad=False)
         # the loss and what it sends to the states it reads, over all rows
         every = [node for who in adj.params for node in adj.params[who].values()]
-        rows = Emitter(gen, "R", self._row_names([step.loss, *adj.reads[LOSS].values(), *every], True))
-        em = rows
-        value = em.value(step.loss)
+        names = self._row_names([step.loss, *adj.reads[LOSS].values(), *every], True)
+        names.update({n: hoisted.names[n] for n in hoist})
+        names.update({n: f"{name}.reshape({'R' if _vector(n.shape) is None else f'(R, {_vector(n.shape)})'})"
+                      for n, name in tape.items()})
+        rows = Emitter(gen, "R", names)
+        value = rows.value(step.loss)
         gen.line(f"loss = np.sum(w * {value})")
         for (name, off), node in adj.reads[LOSS].items():
-            self._accumulate(gen, em, node, self._rows(f"cot_{name}", name, off), "R")
+            self._accumulate(gen, rows, node, self._rows(f"cot_{name}", name, off), "R")
         # the adjoint step, backwards in time
         for sweep in reversed(step.sweeps):
-            times = "range(T, 0, -1)" if sweep.direction > 0 else "range(1, T + 1)"
-            gen.line(f"for t in {times}:")
-            gen.depth += 1
-            em = Emitter(gen, "B", {})
+            gen.begin_time_loop("range(T, 0, -1)" if sweep.direction > 0 else "range(1, T + 1)")
+            names = {n: f"{hoisted.names[n]}[(t - 1) * B:t * B]" for n in hoist}
+            names.update({n: f"{name}[t - 1]" for n, name in tape.items()})
+            em = Emitter(gen, "B", names)
             for s in reversed(sweep.states):
                 seed = f"cot_{s}[t - 1 + {self.margins[s][0]}]"
                 n = _vector(step.signals[s].shape)
@@ -409,16 +439,16 @@ class KernelSource:
                         em.names.setdefault(node, f"cot_{node.attr[1]}[t - 1 + {self.margins[node.attr[1]][0]}]")
                 for (name, off), node in reads.items():
                     self._accumulate(gen, em, node, self._read(name, off, "t").replace("ext_", "cot_", 1), "B")
-            gen.depth -= 1
+            gen.end_time_loop()
         # parameter gradients: sums over all rows, a matrix product for δ hᵀ
-        grads, em = [], rows
+        grads = []
         for p, shape in step.params.items():
             name = f"g_{p}"
             grads.append(name)
             gen.line(f"{name} = {_zeros(shape)}")
             for who in adj.params:
                 if p in adj.params[who]:
-                    self._reduce(gen, em, adj.params[who][p], name)
+                    self._reduce(gen, rows, adj.params[who][p], name)
         gen.line("return (loss, " + "".join(f"{g}, " for g in grads) + ")")
         return self._wrap(fname, gen, with_grad=True)
 
