@@ -153,13 +153,7 @@ class Emitter:
             lo, hi = node.attr
             g.loop(R, n, [f"{out}[r, i] = {self._element(node.args[0], f'{lo} + i')}"])
         elif node.op == "total":
-            k = _vector(node.args[0].shape)
-            a = self._element(node.args[0], "i")
-            g.line(f"for r in range({R}):")
-            g.line(f"    acc = 0.0")
-            g.line(f"    for i in range({k}):")
-            g.line(f"        acc += {a}")
-            g.line(f"    {out}[r] = acc")
+            g.row_sums(R, _vector(node.args[0].shape), self._element(node.args[0], "i"), f"{out}[r]")
         elif node.op == "broadcast":
             g.loop(R, n, [f"{out}[r, i] = {self._element(node.args[0], 'i')}"])
         elif node.op == "logsumexp":
@@ -185,16 +179,10 @@ class Emitter:
         elif a.batched and not b.batched and a.shape[0] == 1:        # vᵀ W
             g.line(f"{out}[:] = np.dot({self.value(a)}, {g.constant(b)})")
         elif a.batched and b.batched and a.shape[0] == 1 and b.shape[1] == 1:   # vᵀ w, per row
-            k = a.shape[1]
-            ea, eb = self._element(a, "i"), self._element(b, "i")
-            g.line(f"for r in range({self.rows}):")
-            g.line(f"    acc = 0.0")
-            g.line(f"    for i in range({k}):")
-            g.line(f"        acc += {ea} * {eb}")
-            g.line(f"    {out}[r, 0] = acc")
+            term = f"{self._element(a, 'i')} * {self._element(b, 'i')}"
+            g.row_sums(self.rows, a.shape[1], term, f"{out}[r, 0]")
         else:
             raise Unsupported(f"a matrix product of shapes {a.shape} and {b.shape} per example")
-
 
 
 class Generator:
@@ -241,6 +229,14 @@ class Generator:
     def end_time_loop(self) -> None:
         self.depth -= 1
         self.time_loop = None
+
+    def row_sums(self, rows: str, n: int, term: str, target: str) -> None:
+        """For each row r: target = Σ_i term."""
+        self.line(f"for r in range({rows}):")
+        self.line("    acc = 0.0")
+        self.line(f"    for i in range({n}):")
+        self.line(f"        acc += {term}")
+        self.line(f"    {target} = acc")
 
     def loop(self, rows: str, n: int | None, body: list, mask: str | None = None) -> None:
         """``for r in range(rows)`` [``if mask``] [``for i in range(n)``]: body."""
