@@ -30,9 +30,11 @@ class Adjoint:
     params: dict   # consumer -> {param: Node}
 
 
-def adjoint(step: Step, loss_seed: Node | None = None) -> Adjoint:
+def adjoint(step: Step, loss_seed: Node | None = None, wrt: frozenset | None = None) -> Adjoint:
     """Derive the adjoint step once, by reverse mode over the step's IR. The loss's seed is 1
-    unless ``loss_seed`` is given (a per-example weight, for kernels that fold masks in)."""
+    unless ``loss_seed`` is given (a per-example weight, for kernels that fold masks in).
+    ``wrt``: the nodes to differentiate with respect to instead of the parameters (say, a
+    stack of weights a kernel computes once); ``params`` is then keyed by node."""
     tape = {node: ir.read(s, 0, node.shape) for s, node in step.updates.items()
             if node.args}  # a state that is a bare leaf (s(t) = x(t)) needs no tape
     reads, params = {}, {}
@@ -40,9 +42,12 @@ def adjoint(step: Step, loss_seed: Node | None = None) -> Adjoint:
     if step.loss is not None:
         consumers[LOSS] = (step.loss, ir.const(1) if loss_seed is None else loss_seed)
     for who, (root, seed) in consumers.items():
-        ct = ir.vjp({root: seed})
+        ct = ir.vjp({root: seed}, stop=wrt or ())
         r = {n.attr: g for n, g in ct.items() if n.op == "read" and n.attr[0] in step.updates}
-        p = {n.attr: g for n, g in ct.items() if n.op == "param"}
+        if wrt is None:
+            p = {n.attr: g for n, g in ct.items() if n.op == "param"}
+        else:
+            p = {n: g for n, g in ct.items() if n in wrt}
         # read the values a state's update computed from the tape instead of recomputing them
         keys = list(r) + list(p)
         exprs = ir.substitute([*r.values(), *p.values()], tape)

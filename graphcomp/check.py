@@ -42,18 +42,28 @@ def _unknown(kind: str, name, known) -> GraphcompError:
 
 
 def _array(value, what: str, dtype) -> np.ndarray:
+    if type(value) is np.ndarray and value.dtype == dtype:   # the common case, checked fast
+        return value
     try:
         a = np.asarray(value)
     except Exception as e:
         raise GraphcompError(f"{what} is not an array: {e}") from None
-    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-        raise GraphcompError(f"{what} has dtype {a.dtype}; give real numbers")
-    if np.issubdtype(a.dtype, np.complexfloating):
+    if a.dtype.kind == "c":
         raise GraphcompError(f"{what} is complex; graphcomp works with real numbers")
+    if a.dtype.kind not in "biuf":
+        raise GraphcompError(f"{what} has dtype {a.dtype}; give real numbers")
     return a.astype(dtype, copy=False)
 
 
 def _finite(a: np.ndarray, what: str) -> None:
+    """NaN or infinity is an error naming its first index. One reduction decides (a sum of
+    finite values is finite unless it overflows); only then is the array searched."""
+    if a.size > 4096:
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(a.sum()):
+                return
+    elif np.isfinite(a).all():
+        return
     bad = ~np.isfinite(a)
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -79,7 +89,7 @@ def _names(given, kind: str, required: list, allowed: list, step: Step) -> Mappi
 
 
 def prepare(step: Step, params, inputs, lengths=None, initial=None, *, with_loss: bool,
-            dtype=np.float64, steps: int | None = None) -> Batch:
+            dtype=np.float64, steps: int | None = None, needed: list | None = None) -> Batch:
     """Validate and convert one call's arrays (see the module docstring)."""
     dtype = np.dtype(dtype)
     _names(params, "parameter", list(step.params), list(step.params), step)
@@ -94,7 +104,7 @@ def prepare(step: Step, params, inputs, lengths=None, initial=None, *, with_loss
         out_params[name] = a.reshape(shape)
 
     inputs = {} if inputs is None else inputs
-    needed = step.inputs_needed(with_loss)
+    needed = step.inputs_needed(with_loss) if needed is None else needed
     _names(inputs, "input", needed, step.inputs, step)
     T = B = None
     for name in inputs:
@@ -134,7 +144,8 @@ def prepare(step: Step, params, inputs, lengths=None, initial=None, *, with_loss
         if lens.min() < 1 or lens.max() > T:
             b = int(np.argmax((lens < 1) | (lens > T)))
             raise GraphcompError(f"lengths[{b}] = {lens[b]} is outside 1..{T} (T = {T} steps)")
-    valid = np.arange(1, T + 1)[:, None] <= lens[None, :]
+    partial = bool(lens.min() < T)
+    valid = np.arange(1, T + 1)[:, None] <= lens[None, :] if partial else None
 
     out_inputs = {}
     for name in inputs:
@@ -143,8 +154,8 @@ def prepare(step: Step, params, inputs, lengths=None, initial=None, *, with_loss
         if a.shape[2:] != info.array_shape:
             raise GraphcompError(f"input {name!r} has per-step shape {_fmt(a.shape[2:])}, expected "
                                  f"{_fmt(info.array_shape)} (the model declares {name} as {_what(info)})")
-        mask = valid.reshape(valid.shape + (1,) * (a.ndim - 2))
-        a = np.where(mask, a, 0).astype(dtype, copy=False)   # past its length a sequence reads zeros
+        if partial:   # past its length a sequence reads zeros
+            a = np.where(valid.reshape(valid.shape + (1,) * (a.ndim - 2)), a, 0).astype(dtype, copy=False)
         _finite(a, f"input {name!r}")
         out_inputs[name] = a.reshape((T, B) + info.shape)
 

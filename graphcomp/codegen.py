@@ -1,50 +1,103 @@
 """Code generation: the step and its adjoint as Python source with explicit loops, for Numba.
 
-Values are laid out batch-major: a batched vector is an ``(R, n)`` array, a batched scalar
-``(R,)``, where R is B inside a time loop and T·B outside it. What reads no state is hoisted
-out of the time loops and computed once over all T·B rows (input projections, outputs, the
-loss and its cotangents, parameter gradients), so the loops hold only the recurrence; a
-parameter's gradient Σ_t Σ_b δ hᵀ becomes one matrix product over the T·B rows.
+A kernel is a sequence of *regions*; each computes IR nodes for a block of rows and stores
+them where they are needed (*sinks*: a state's timeline, a tape, a gradient). A region runs
+either inside a loop over time (its rows are the B examples of step t) or once over all T·B
+rows. Values are batch-major arrays with one row per example and step, ``(rows, n)`` for a
+vector and ``(rows,)`` for a scalar; parameters and what is computed from them alone are
+computed once per call (``Consts``).
+
+Inside a region, a product with a weight matrix is one matrix product over the block (BLAS,
+or an explicit loop when the matrix is small) and everything between two such products is
+one loop over rows that fuses the elementwise work into as few loops over components as
+possible; a value lives in a local variable unless something outside its loop reads it.
+What reads no state and needs a product (an input projection ``U x(t)``) is hoisted out of
+the time loops into one product over all T·B rows; so are the outputs, the loss and, after
+the backward loop, the gradients of weight matrices (one ``Δᵀ H`` product each).
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import sympy as sp
+from sympy.printing.precedence import precedence
+from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.pycode import PythonCodePrinter
 
 from . import ir
 from .autodiff import LOSS, adjoint, grad_var
 from .ir import X, Node
+from .passes import fused_step
 from .step import Step
 
-LOSS_SEED = ir.var(("grad", LOSS), ())   # per-row weight of the loss: valid / B
+LOSS_SEED = ir.var(("grad", LOSS), ())   # the loss's weight per row: 1/B while the sequence lasts
 
 
 class Unsupported(Exception):
     """A model feature the generator does not handle (such a model runs on the NumPy backend)."""
 
 
+# ---------------------------------------------------------------- scalar expressions
+
 class _Printer(PythonCodePrinter):
-    """Scalar sympy expressions as Python that Numba compiles."""
+    """Scalar sympy expressions as Python for Numba: the branch-free ``_tanh``, ``_exp`` and
+    ``_sigmoid`` of the generated module, and literals of the kernel's dtype."""
+
+    def __init__(self, dtype: str):
+        super().__init__({"standard": "python3"})
+        self.f32 = dtype == "float32"
+
+    def literal(self, value) -> str:
+        text = repr(float(value))
+        return f"np.float32({text})" if self.f32 else text
+
+    def _print_Integer(self, e):
+        return self.literal(int(e))
+
+    def _print_Rational(self, e):
+        return self.literal(e.p / e.q)
+
+    def _print_Float(self, e):
+        return self.literal(e)
+
+    def _print_Pow(self, e, rational=False):
+        base = self.parenthesize(e.base, precedence(e))
+        if e.exp.is_Integer:   # stays an integer power: Numba multiplies
+            n = int(e.exp)
+            return f"{base}**{n}" if n > 0 else f"({self.literal(1)} / {base}**{-n})"
+        if e.exp == sp.S.Half:
+            return f"math.sqrt({self._print(e.base)})"
+        return f"{base}**{self.parenthesize(e.exp, precedence(e))}"
+
+    def _print_tanh(self, e):
+        return f"_tanh({self._print(e.args[0])})"
+
+    def _print_exp(self, e):
+        return f"_exp({self._print(e.args[0])})"
 
     def _print_sigmoid(self, e):
         return f"_sigmoid({self._print(e.args[0])})"
 
     def _print_relu(self, e):
-        return f"max({self._print(e.args[0])}, 0.0)"
+        return f"max({self._print(e.args[0])}, {self.literal(0)})"
 
     def _print_Heaviside(self, e):
         x = self._print(e.args[0])
-        h0 = self._print(e.args[1]) if len(e.args) > 1 else "0.5"
-        return f"(1.0 if {x} > 0 else ({h0} if {x} == 0 else 0.0))"
+        h0 = self._print(e.args[1]) if len(e.args) > 1 else self.literal(0.5)
+        return f"({self.literal(1)} if {x} > 0 else ({h0} if {x} == 0 else {self.literal(0)}))"
 
 
-def scalar_code(expr: sp.Expr) -> str:
-    return _Printer({"standard": "python3"}).doprint(expr)
+def scalar_code(expr: sp.Expr, args: list, dtype: str) -> str:
+    """``expr`` (in X(0), X(1), ...) as Python with ``args[k]`` substituted for X(k)."""
+    named = expr.xreplace({X(k): sp.Symbol(a) for k, a in enumerate(args)})
+    return _Printer(dtype).doprint(named)
 
 
-def _vector(shape: tuple) -> int | None:
+def _length(shape: tuple) -> int | None:
     """The length of a vector-like per-example shape (n,1) or (1,n); None for a scalar."""
     if shape == ():
         return None
@@ -53,435 +106,1172 @@ def _vector(shape: tuple) -> int | None:
     raise Unsupported(f"a per-example {shape[0]}x{shape[1]} matrix value")
 
 
-class Emitter:
-    """Writes the code of IR nodes over R rows. ``names`` maps nodes whose value already has
-    an array (leaves, hoisted values) to a Python expression for it."""
-
-    def __init__(self, gen: "Generator", rows: str, names: dict, mask: str | None = None):
-        self.gen, self.rows, self.names, self.mask = gen, rows, dict(names), mask
-
-    def value(self, node: Node) -> str:
-        """A name for the node's value: an array (R, n) / (R,), or a constant."""
-        if node not in self.names:
-            if not node.batched:
-                self.names[node] = self.gen.constant(node)
-            else:
-                self.emit([node])
-        name = self.names[node]
-        if not name.isidentifier() and node.batched:   # a slice or view: bind it once
-            name = self.names[node] = self.gen.bind(name)
-        return name
-
-    def emit(self, roots: list, into: dict | None = None) -> None:
-        """Compute ``roots`` (and what they need); ``into`` maps a root to the array it is
-        written to (in place, row by row, under the mask ``valid``)."""
-        into = into or {}
-        for root, dest in into.items():
-            if root in self.names or root.op in ir.LEAVES:   # already a value: copy it in
-                n = _vector(root.shape)
-                src = self._element(root, "i")
-                dest = self.gen.bind(dest)
-                self.gen.loop(self.rows, n, [f"{dest}[r{'' if n is None else ', i'}] = {src}"], self.mask)
-        roots = [r for r in roots if r not in self.names and r.op not in ir.LEAVES]
-        order = ir.toposort(roots, stop=set(self.names))
-        uses: dict = {}
-        for node in order:
-            if node not in self.names:
-                for a in node.args:
-                    uses[a] = uses.get(a, 0) + 1
-        for node in order:
-            if node in self.names or (not node.batched and node not in into):
-                continue
-            fusable = node.op == "map" and node not in roots and uses.get(node, 0) == 1 and \
-                all(u.op == "map" for u in order if node in u.args)
-            if fusable:
-                continue
-            self._compute(node, into.get(node), uses)
-
-    def _fused(self, node: Node, uses: dict) -> tuple[sp.Expr, list]:
-        """The elementwise expression of a map with its single-use map arguments inlined, and
-        the nodes it reads (as X(0), X(1), ...)."""
-        leaves: list = []
-
-        def walk(n):
-            if n.op == "map" and n not in self.names and n.batched and uses.get(n, 0) == 1 and n is not node \
-                    or n is node:
-                return n.attr.xreplace({X(i): walk(a) for i, a in enumerate(n.args)})
-            if n not in leaves:
-                leaves.append(n)
-            return sp.Symbol(f"a{leaves.index(n)}")
-
-        return walk(node), leaves
-
-    def _element(self, node: Node, index: str) -> str:
-        """Element access for one row r (and component ``index``) of a node's value."""
-        name = self.value(node)
-        n = _vector(node.shape)
-        if not node.batched:
-            return name if n is None else f"{name}[{index}]"
-        return f"{name}[r]" if n is None else f"{name}[r, {index}]"
-
-    def _compute(self, node: Node, dest: str | None, uses: dict) -> None:
-        g, R = self.gen, self.rows
-        n = _vector(node.shape)
-        if dest is not None and node.op != "map":   # computed whole, then copied in under the mask
-            self._compute(node, None, uses)
-            src, dest = self._element(node, "i"), g.bind(dest)
-            g.loop(R, n, [f"{dest}[r{'' if n is None else ', i'}] = {src}"], self.mask)
-            return
-        if node.op == "transpose":
-            self.names[node] = self.value(node.args[0])   # a batched row and column share a layout
-            return
-        if dest is not None:
-            dest = g.bind(dest)
-        out = dest or g.temp(node, R)
-        if node.op == "map":
-            expr, leaves = self._fused(node, uses)
-            loads = "; ".join(f"a{k} = {self._element(l, 'i')}" for k, l in enumerate(leaves))
-            code = scalar_code(expr)
-            target = f"{out}[r]" if n is None else f"{out}[r, i]"
-            g.loop(R, n, [loads, f"{target} = {code}"], self.mask if dest else None)
-        elif node.op == "matmul":
-            self._matmul(node, out)
-        elif node.op == "concat":
-            lo = 0
-            for part in node.args:
-                k = _vector(part.shape)
-                g.loop(R, k, [f"{out}[r, {lo} + i] = {self._element(part, 'i')}"])
-                lo += k
-        elif node.op == "take":
-            lo, hi = node.attr
-            g.loop(R, n, [f"{out}[r, i] = {self._element(node.args[0], f'{lo} + i')}"])
-        elif node.op == "total":
-            g.row_sums(R, _vector(node.args[0].shape), self._element(node.args[0], "i"), f"{out}[r]")
-        elif node.op == "broadcast":
-            g.loop(R, n, [f"{out}[r, i] = {self._element(node.args[0], 'i')}"])
-        elif node.op == "logsumexp":
-            k = _vector(node.args[0].shape)
-            a = self._element(node.args[0], "i")
-            g.line(f"for r in range({R}):")
-            g.line(f"    m = -np.inf")
-            g.line(f"    for i in range({k}):")
-            g.line(f"        m = max(m, {a})")
-            g.line(f"    acc = 0.0")
-            g.line(f"    for i in range({k}):")
-            g.line(f"        acc += math.exp({a} - m)")
-            g.line(f"    {out}[r] = m + math.log(acc)")
-        else:
-            raise Unsupported(f"op {node.op!r}")
-        self.names[node] = out
-
-    def _matmul(self, node: Node, out: str) -> None:
-        a, b = node.args
-        g = self.gen
-        if not a.batched and b.batched and b.shape[1] == 1:          # W v: rows times Wᵀ
-            g.line(f"{out}[:] = np.dot({self.value(b)}, {g.transposed(a)})")
-        elif a.batched and not b.batched and a.shape[0] == 1:        # vᵀ W
-            g.line(f"{out}[:] = np.dot({self.value(a)}, {g.constant(b)})")
-        elif a.batched and b.batched and a.shape[0] == 1 and b.shape[1] == 1:   # vᵀ w, per row
-            term = f"{self._element(a, 'i')} * {self._element(b, 'i')}"
-            g.row_sums(self.rows, a.shape[1], term, f"{out}[r, 0]")
-        else:
-            raise Unsupported(f"a matrix product of shapes {a.shape} and {b.shape} per example")
+def resolve(node: Node) -> Node:
+    """A batched vector and its transpose share a layout: look through the transpose."""
+    while node.op == "transpose" and node.batched:
+        node = node.args[0]
+    return node
 
 
-class Generator:
-    """Builds one module's source: constants, temporaries, loops."""
+# ---------------------------------------------------------------- where values live
 
-    def __init__(self, step: Step):
-        self.step = step
-        self.lines: list = []
+@dataclass(frozen=True)
+class Home:
+    """Where a batched value lives. ``array[row, col + i]`` for a vector, ``array[row]`` for
+    a scalar; the row is ``b{shift} + r`` for an array over all steps (``b{d}`` is the first
+    row of step t - 1 + d, or of step tt + d outside the time loops) and ``r`` when ``shift``
+    is None (a per-step temporary, a per-example accumulator). ``rowless``: one value for all
+    rows (a parameter's gradient being summed)."""
+
+    array: str
+    shift: int | None = 0
+    width: int | None = None
+    col: int = 0
+    rowless: bool = False
+    ring: int = 0          # a ring of this many steps' rows (a cotangent only a few steps need)
+
+    @property
+    def rows(self) -> tuple | None:
+        """(array, shift, ring): the step's block of rows this home reads, through a view."""
+        return None if self.shift is None or self.rowless else (self.array, self.shift, self.ring)
+
+    def at(self, i: str) -> str:
+        index = i if self.col == 0 else f"{self.col} + {i}"
+        if self.rowless:
+            return self.array if self.width is None else f"{self.array}[{index}]"
+        array = self.array if self.shift is None else _view_name(self.rows)
+        return f"{array}[r]" if self.width is None else f"{array}[r, {index}]"
+
+    def view(self, lo: int) -> "Home":
+        return replace(self, col=self.col + lo)
+
+
+@dataclass(frozen=True)
+class Sink:
+    """Store ``node`` into ``home``: ``op`` is ``=`` or ``+=``; ``guard`` says what a row past
+    its sequence's end gets: None (the value), ``keep`` (the old value) or ``zero``."""
+
+    node: Node
+    home: Home | None      # None: keep the value in a home of its own over all rows
+    op: str = "="
+    guard: str | None = None
+
+
+# ---------------------------------------------------------------- one generated function
+
+class Function:
+    """A generated kernel: a Python driver (allocations, parameter-only values, the weight
+    matrices' gradient products, the results) around one compiled function, ``_<name>``, that
+    holds every loop. Numba's compile time grows with each statement it compiles, and the
+    straight-line parts gain nothing from compilation."""
+
+    def __init__(self, name: str, args: list, dtype: str):
+        self.name, self.args, self.dtype = name, args, dtype
+        self.allocs: list = []        # driver: arrays, from the workspace or fresh
+        self.work: list = []          # the size of each workspace array
+        self.consts: list = []        # driver: parameter-only values
+        self.lines: list = []         # the compiled loops
+        self.post: list = []          # driver: after the loops
+        self.defined = ["T", "B", "R", "lengths", "inv_B", *args[3:]]   # what the loops may read
         self.depth = 1
-        self.counter = itertools.count()
-        self.constants: dict = {}
-        self.const_lines: list = []
-        self.time_loop = None   # (line index, depth) of the time loop being written
+        self.ids = itertools.count()
+
+    def fresh(self, prefix: str) -> str:
+        return f"{prefix}{next(self.ids)}"
 
     def line(self, text: str) -> None:
         self.lines.append("    " * self.depth + text)
 
-    def bind(self, expr: str) -> str:
-        """A local name for an array expression (a view), assigned here once."""
-        if expr.isidentifier():
-            return expr
-        name = f"u{next(self.counter)}"
-        self.line(f"{name} = {expr}")
-        return name
-
-    def temp(self, node: Node, rows: str) -> str:
-        """A new array for a node's value; inside a time loop it is allocated once, before it."""
-        name = f"v{next(self.counter)}"
-        n = _vector(node.shape)
-        text = f"{name} = np.empty({rows if n is None else f'({rows}, {n})'}, dtype)"
-        if self.time_loop is None:
-            self.line(text)
-        else:
-            index, depth = self.time_loop
-            self.lines.insert(index, "    " * depth + text)
-            self.time_loop = (index + 1, depth)
-        return name
-
-    def begin_time_loop(self, times: str) -> None:
-        self.time_loop = (len(self.lines), self.depth)
-        self.line(f"for t in {times}:")
+    @contextmanager
+    def block(self, header: str):
+        self.line(header)
         self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
 
-    def end_time_loop(self) -> None:
-        self.depth -= 1
-        self.time_loop = None
-
-    def row_sums(self, rows: str, n: int, term: str, target: str) -> None:
-        """For each row r: target = Σ_i term."""
-        self.line(f"for r in range({rows}):")
-        self.line("    acc = 0.0")
-        self.line(f"    for i in range({n}):")
-        self.line(f"        acc += {term}")
-        self.line(f"    {target} = acc")
-
-    def loop(self, rows: str, n: int | None, body: list, mask: str | None = None) -> None:
-        """``for r in range(rows)`` [``if mask``] [``for i in range(n)``]: body."""
-        start = self.depth
-        self.line(f"for r in range({rows}):")
-        self.depth += 1
-        if mask:
-            self.line(f"if {mask}:")
-            self.depth += 1
-        if n is not None:
-            self.line(f"for i in range({n}):")
-            self.depth += 1
-        for text in body:
-            if text:
-                self.line(text)
-        self.depth = start
-
-    def constant(self, node: Node) -> str:
-        """An unbatched value (parameters and what is computed from them alone)."""
-        if node in self.constants:
-            return self.constants[node]
-        if node.op == "param":
-            name = f"p_{node.attr}"
-        elif node.op == "const":
-            if node.shape == ():
-                return f"{float(node.attr)!r}"
-            name = f"c{next(self.counter)}"
-            n = _vector(node.shape)
-            self.const_lines.append(f"{name} = np.full({n}, {float(node.attr)!r}, dtype)")
-        elif node.op == "transpose" and node.args[0].op == "param":
-            name = f"{self.constant(node.args[0])}.T"
+    def array(self, prefix: str, rows: str, width: int | None, zero: bool = False, fresh: bool = False,
+              name: str | None = None) -> str:
+        """A new array of ``rows`` (a size expression) rows. One whose size grows with T is a
+        slice of the workspace ``work`` the caller keeps between calls (a fresh allocation of
+        that size costs a page fault per 4 kB on every call), unless ``fresh`` (returned)."""
+        name = name or self.fresh(prefix)
+        self.defined.append(name)
+        size = rows if width is None else f"{rows} * {width}"
+        if ("T" in rows or "R" in rows) and not fresh:
+            self.work.append(size)
+            view = f"work[w:w + {size}]" if width is None else f"work[w:w + {size}].reshape(({rows}, {width}))"
+            self.allocs += [f"{name} = {view}"] + ([f"{name}[...] = 0"] if zero else []) + [f"w += {size}"]
         else:
-            raise Unsupported(f"a parameter-only {node.op}")
-        self.constants[node] = name
+            shape = rows if width is None else f"({rows}, {width})"
+            self.allocs.append(f"{name} = np.{'zeros' if zero else 'empty'}({shape}, dtype)")
         return name
 
-    def transposed(self, node: Node) -> str:
-        """A C-contiguous Wᵀ for the matrix products of rows."""
-        key = ("T", node)
-        if key not in self.constants:
-            if node.op == "transpose" and node.args[0].op == "param":
-                self.constants[key] = self.constant(node.args[0])
-            elif node.op == "param":
-                name = f"{self.constant(node)}_T"
-                self.const_lines.append(f"{name} = np.ascontiguousarray({self.constant(node)}.T)")
-                self.constants[key] = name
+    def const(self, name: str) -> str:
+        self.defined.append(name)
+        return name
+
+    def work_size(self) -> str:
+        """A Python function of T and B: how many elements ``work`` needs."""
+        total = " + ".join(f"({s})" for s in self.work) or "0"
+        return f"def work_size_{self.name}(T, B):\n    R = T * B\n    return {total}\n"
+
+    def text(self, returns: str) -> str:
+        body = "\n".join(self.lines)
+        used = [n for n in dict.fromkeys(self.defined) if re.search(rf"\b{re.escape(n)}\b", body)]
+        loops = ["@njit(cache=True, error_model='numpy')", f"def _{self.name}({', '.join(used)}):", body]
+        args = self.args[:3] + (["work"] if self.work else []) + self.args[3:]
+        driver = [f"def {self.name}({', '.join(args)}):", "R = T * B", "inv_B = dtype(1.0 / B)"]
+        driver += (["w = 0"] if self.work else []) + self.allocs + self.consts
+        driver += [f"_{self.name}({', '.join(used)})"] + self.post + [f"return {returns}"]
+        return "\n".join(loops) + "\n\n\n" + "\n    ".join(driver)
+
+
+# ---------------------------------------------------------------- parameter-only values
+
+class _NumPyPrinter(NumPyPrinter):
+    """Elementwise sympy expressions over NumPy arrays, for the driver."""
+
+    def _print_sigmoid(self, e):
+        return f"1/(1 + numpy.exp(-({self._print(e.args[0])})))"
+
+    def _print_relu(self, e):
+        return f"numpy.maximum({self._print(e.args[0])}, 0)"
+
+    def _print_Heaviside(self, e):
+        h0 = self._print(e.args[1]) if len(e.args) > 1 else "0.5"
+        return f"numpy.heaviside({self._print(e.args[0])}, {h0})"
+
+
+def numpy_code(expr: sp.Expr, args: list) -> str:
+    named = expr.xreplace({X(k): sp.Symbol(a) for k, a in enumerate(args)})
+    return _NumPyPrinter({"standard": "python3"}).doprint(named).replace("numpy.", "np.")
+
+
+class Consts:
+    """Unbatched values (parameters and what is computed from them alone), computed once per
+    call by the driver with NumPy: scalars as numbers, vectors as 1-D and matrices as 2-D
+    contiguous arrays of the kernel's dtype, which the loops read by name."""
+
+    def __init__(self, fn: Function, lines: list, names: dict | None = None):
+        self.fn, self.out, self.names = fn, lines, dict(names or {})
+
+    def name(self, node: Node) -> str:
+        """The value's name, computed on first use (a parameter graph is shallow: recursion)."""
+        if node not in self.names:
+            self.names[node] = self._compute(node)
+        return self.names[node]
+
+    def element(self, node: Node, i: str) -> str:
+        """Component ``i`` of an unbatched scalar or vector, in the loops."""
+        name = self.name(node)
+        if node.shape == ():
+            return name
+        if 1 not in node.shape:
+            raise Unsupported(f"a weight matrix {node!r} read elementwise with a vector")
+        return f"{name}[{i}]"
+
+    def _compute(self, n: Node) -> str:
+        if n.op == "param":
+            return f"p_{n.attr}"
+        if n.op == "var":
+            raise Unsupported(f"an unbatched placeholder {n.attr!r}")
+        if n.op == "const" and n.shape == ():
+            return _Printer(self.fn.dtype).doprint(n.attr)
+        a = [self.name(x) for x in n.args]
+        layout = "()" if n.shape == () else str((_length(n.shape),)) if 1 in n.shape else str(n.shape)
+        if n.op == "const":
+            value = f"np.full({layout}, {float(n.attr)!r})"
+        elif n.op == "map":
+            value = numpy_code(n.attr, a)
+        elif n.op == "matmul":
+            x, y = n.args
+            value = f"np.dot(np.reshape({a[0]}, {x.shape}), np.reshape({a[1]}, {y.shape})).reshape({layout})"
+        elif n.op == "transpose":
+            value = a[0] if 1 in n.shape else f"{a[0]}.T"
+        elif n.op == "concat":
+            value = f"np.concatenate(({', '.join(a)},))"
+        elif n.op == "take":
+            value = f"{a[0]}[{n.attr[0]}:{n.attr[1]}]"
+        elif n.op == "total":
+            value = f"np.sum({a[0]})"
+        elif n.op == "broadcast":
+            value = f"np.full({layout}, {a[0]})"
+        elif n.op == "logsumexp":
+            value = f"np.max({a[0]}) + np.log(np.sum(np.exp({a[0]} - np.max({a[0]}))))"
+        else:
+            raise Unsupported(f"a parameter-only {n.op}")
+        name = self.fn.const(self.fn.fresh("c"))
+        cast = f"dtype({value})" if n.shape == () else f"np.ascontiguousarray({value}, dtype)"
+        self.out.append(f"{name} = {cast}")
+        return name
+
+
+# ---------------------------------------------------------------- regions
+
+def _kind(n: Node) -> str:
+    """How a batched node is computed: ``gemm`` (a product with a weight matrix over all rows),
+    ``map`` (elementwise), ``dot`` (vᵀw per row), ``total``/``logsumexp`` (reductions),
+    ``concat`` or ``take`` (a view)."""
+    if n.op == "matmul":
+        a, b = n.args
+        if a.shape == (1, 1) or b.shape == (1, 1):
+            return "map"                                  # a scalar times a vector
+        if not a.batched or not b.batched:
+            return "gemm"
+        if a.shape[0] == 1 and b.shape[1] == 1:
+            return "dot"
+        raise Unsupported(f"a per-example outer product {a.shape} x {b.shape}")
+    if n.op in ("map", "broadcast"):
+        return "map"
+    if n.op in ("total", "logsumexp", "concat", "take"):
+        return n.op
+    raise Unsupported(f"op {n.op!r} on batched values")
+
+
+def _scalar_like(n: Node) -> bool:
+    """One value per row: a scalar, or a row dot product (shape 1x1)."""
+    return n.shape == () or (n.op == "matmul" and _kind(n) == "dot")
+
+
+def _width(n: Node) -> int | None:
+    return None if _scalar_like(n) else _length(n.shape)
+
+
+class Region:
+    """Computes what a list of sinks needs, for the rows of one block, and stores it there.
+
+    ``time``: the block is the B rows of step t inside a loop over time; else all T·B rows.
+    ``leaf(node)`` says where an available node lives: a ``Home``, an expression, or None.
+
+    Scheduling: a product with a weight matrix runs over the whole block, so it splits the
+    region into *nests* (loops over rows); within a nest every node gets a *level*. Vectors of
+    one length at one level share one loop over components; scalars of level L are computed
+    before the loops of level L; a sum over components is accumulated in the loop of its
+    argument. A value read by a later loop, a later nest or a product gets an array (a home):
+    the array of one of its sinks when that fits, else a temporary."""
+
+    def __init__(self, fn: Function, consts: Consts, leaf, time: bool):
+        self.fn, self.consts, self.leaf, self.time = fn, consts, leaf, time
+        self.rows = "B" if time else "R"
+        self.zero = _Printer(fn.dtype).literal(0)
+        self.homes: dict = {}        # node -> Home of everything materialized here
+        self.loop_shifts: set = set()  # views of step rows the enclosing time loop must define
+        self.local: dict = {}
+        self.flags: set = set()
+
+    # -------------------------------------------------------- what is known
+    def available(self, n: Node):
+        """Where an available batched node lives (Home or expression); None if computed here."""
+        n = resolve(n)
+        found = self.leaf(n)
+        if found is None and n.op == "take":
+            base = self.available(n.args[0])
+            if isinstance(base, Home):
+                return base.view(n.attr[0])
+        return found
+
+    def _known(self, n: Node) -> bool:
+        return not n.batched or self.available(n) is not None
+
+    def run(self, sinks: list) -> dict:
+        """Emit this region; returns the homes of what it materialized."""
+        sinks = [replace(s, node=resolve(s.node)) for s in sinks]
+        self.order = [n for n in ir.toposort([s.node for s in sinks], stop=self._known)
+                      if n.op != "transpose" and not self._known(n)]
+        self.kind = {n: _kind(n) for n in self.order}
+        self.users = {n: [] for n in self.order}
+        for n in self.order:
+            for a in {resolve(a) for a in n.args}:
+                if a in self.users:
+                    self.users[a].append(n)
+        self._schedule()
+        self._assign_homes(sinks)
+        self._emit(sinks)
+        return self.homes
+
+    # -------------------------------------------------------- scheduling
+    def _ready(self, a: Node) -> int:
+        a = resolve(a)
+        return self.ready.get(a, 0)
+
+    def _complete(self, a: Node) -> int:
+        """The first nest before which every row of ``a`` is computed."""
+        a = resolve(a)
+        if a not in self.kind:
+            return 0
+        if self.kind[a] == "gemm":
+            return self.ready[a]
+        if self.kind[a] == "take":
+            return self._complete(a.args[0])
+        return self.nest[a] + 1
+
+    def _fusable(self, n: Node) -> bool:
+        """An elementwise vector: computed in a loop over components, kept in a local."""
+        return self.kind.get(n) == "map" and not _scalar_like(n)
+
+    def _inside(self, n: Node) -> list:
+        """The arguments of ``n`` computed in the same nest."""
+        return [a for a in {resolve(a) for a in n.args}
+                if a in self.nest and self.nest[a] == self.nest[n]]
+
+    def _schedule(self) -> None:
+        self.ready, self.nest, self.level, self.fused = {}, {}, {}, {}
+        for n in self.order:
+            k = self.kind[n]
+            if k == "gemm":
+                a, b = n.args
+                self.ready[n] = self._complete(b if b.batched else a)
+            elif k == "take":
+                self.ready[n] = self._ready(n.args[0])
             else:
-                raise Unsupported(f"a product with a computed matrix {node!r}")
-        return self.constants[key]
+                self.nest[n] = self.ready[n] = max((self._ready(a) for a in n.args if a.batched), default=0)
+        for n in self.order:
+            k = self.kind[n]
+            if k == "gemm":
+                continue
+            if k == "take":
+                base = resolve(n.args[0])
+                self.level[n] = self.level.get(base, -1)
+                continue
+            inside = self._inside(n)
+            vectors = [a for a in inside if not _scalar_like(a)]
+            scalars = max((self.level[a] for a in inside if _scalar_like(a)), default=0)
+            if k == "map" and not _scalar_like(n):
+                same = [self.level[a] for a in vectors if self._fusable(a) and _length(a.shape) == _length(n.shape)]
+                other = [self.level[a] + 1 for a in vectors if not (self._fusable(a) and _length(a.shape) == _length(n.shape))]
+                self.level[n] = max([scalars, *same, *other])
+            elif k == "concat":
+                self.level[n] = max([0, *(self.level[a] if self._fusable(a) else self._copy_level(a) for a in inside)])
+            elif k == "map":
+                self.level[n] = scalars
+            else:
+                loops = {(self.level[a], _length(a.shape)) for a in vectors}
+                whole = len(vectors) == len({resolve(a) for a in n.args if a.batched})
+                if k in ("total", "dot") and whole and len(loops) == 1 and all(map(self._fusable, vectors)) \
+                        and scalars <= next(iter(loops))[0]:
+                    self.fused[n] = next(iter(loops))
+                    self.level[n] = self.fused[n][0] + 1
+                else:
+                    self.level[n] = max([scalars, *(self.level[a] + 1 for a in vectors)])
+
+    def _copy_level(self, a: Node) -> int:
+        """The level at which a value that is not a fusable local can be copied."""
+        if a not in self.level:
+            return 0
+        return self.level[a] if _scalar_like(a) else self.level[a] + 1
+
+    def _same_loop(self, a: Node, user: Node) -> bool:
+        """Does ``user`` read ``a`` from a local variable of the loop (or row) computing both?"""
+        if a not in self.nest or self.nest.get(user) != self.nest[a]:
+            return False
+        if _scalar_like(a):
+            return True
+        if not self._fusable(a):
+            return False
+        if self.fused.get(user) == (self.level[a], _length(a.shape)):
+            return True
+        return self._fusable(user) and self.level[user] == self.level[a] and _length(user.shape) == _length(a.shape)
+
+    def _assign_homes(self, sinks: list) -> None:
+        """A home for everything read outside the loop computing it: the array of one of its
+        ``=`` sinks when that fits, else a temporary."""
+        stores: dict = {}
+        for s in sinks:
+            if s.op == "=" and s.home is not None and not s.home.rowless and s.home.shift is not None:
+                stores.setdefault(s.node, []).append(s)
+        self.parts: dict = {}     # part -> [(concat, offset)]
+        for n in self.order:
+            if self.kind[n] == "concat":
+                lo = 0
+                for a in n.args:
+                    self.parts.setdefault(resolve(a), []).append((n, lo))
+                    lo += a.shape[0]
+        need = {s.node for s in sinks if s.home is None}
+        for n in self.order:
+            if self.kind[n] in ("gemm", "concat"):
+                need.add(n)
+            for u in self.users[n]:
+                if self.kind[u] == "concat":
+                    continue   # a part is stored into the stack, or copied from its own home
+                if self.kind[u] in ("gemm", "take") or not self._same_loop(n, u):
+                    need.add(n)
+            if n in self.parts and not (self._fusable(n) or _scalar_like(n)):
+                need.add(n)
+        self.satisfied, self.guards = set(), {}
+        for n in self.order:
+            if n not in need or self.kind[n] == "take":
+                continue
+            width = _width(n)
+            fits = [s for s in stores.get(n, []) if s.home.col == 0 and s.home.width == width
+                    and (self.kind[n] not in ("gemm", "concat") or s.guard != "keep")]
+            if fits:
+                self.homes[n] = fits[0].home
+                self.satisfied.add(fits[0])
+                self.guards[n] = fits[0].guard
+            else:
+                self.homes[n] = Home(self.fn.array("v", self.rows, width), None if self.time else 0, width)
+        for n in self.order:
+            if self.kind[n] == "take":
+                self.homes[n] = self.home(n.args[0]).view(n.attr[0])
+
+    def home(self, n: Node) -> Home:
+        n = resolve(n)
+        if n in self.homes:
+            return self.homes[n]
+        found = self.available(n)
+        if isinstance(found, Home):
+            return found
+        raise Unsupported(f"no array holds {n!r}")
+
+    # -------------------------------------------------------- expressions
+    def _at(self, home: Home, i: str) -> str:
+        if home.rows is not None:
+            self.shifts.add(home.rows)
+        return home.at(i)
+
+    def read(self, a: Node, i: str, user: Node | None = None) -> str:
+        """Component ``i`` of ``a``, as ``user`` reads it."""
+        a = resolve(a)
+        if not a.batched:
+            return self.consts.element(a, i)
+        if _scalar_like(a):
+            i = "0"
+        if a not in self.kind:
+            found = self.available(a)
+            if isinstance(found, str):
+                self.flags.add(found)
+                return found
+            return self._at(found, i)
+        if a in self.local and (user is None or self._same_loop(a, user)):
+            return self.local[a]
+        return self._at(self.home(a), i)
+
+    def _value(self, n: Node, i: str) -> str:
+        """The expression of component ``i`` of an elementwise node."""
+        if n.op == "matmul":   # one side is 1x1: a scalar times a vector
+            return " * ".join(f"({self.read(a, '0' if a.shape == (1, 1) else i, n)})" for a in n.args)
+        if n.op == "broadcast":
+            return self.read(n.args[0], i, n)
+        return scalar_code(n.attr, [self.read(a, i, n) for a in n.args], self.fn.dtype)
+
+    def _reduced(self, n: Node, i: str) -> str:
+        if self.kind[n] == "dot":
+            return " * ".join(f"({self.read(a, i, n)})" for a in n.args)
+        return self.read(n.args[0], i, n)
+
+    def _store(self, sink: Sink, value: str, i: str) -> None:
+        target = self._at(sink.home, i)
+        if sink.guard == "keep":
+            value = f"{value} if ok else {target}"
+        elif sink.guard == "zero":
+            value = f"({value} if ok else {self.zero})"
+        if sink.guard:
+            self.flags.add("ok")
+        self.fn.line(f"{target} {sink.op} {value}")
+
+    # -------------------------------------------------------- emission
+    @contextmanager
+    def _rows_loop(self):
+        """``for r in range(B)`` (outside time loops: inside ``for tt in range(T)``), then the
+        definitions the body turned out to need: step rows, the validity flag, the loss weight."""
+        fn = self.fn
+        self.shifts, self.flags = set(), set()
+        depth, start = fn.depth, len(fn.lines)
+        if not self.time:
+            fn.line("for tt in range(T):")
+            fn.depth += 1
+        fn.line("for r in range(B):")
+        fn.depth += 1
+        top = len(fn.lines)
+        try:
+            yield
+        finally:
+            row = []
+            if self.flags & {"ok", "wt"}:
+                row.append(f"ok = {'t' if self.time else 'tt + 1'} <= lengths[r]")
+            if "wt" in self.flags:
+                row.append(f"wt = inv_B if ok else {self.zero}")
+            fn.lines[top:top] = ["    " * fn.depth + text for text in row]
+            if self.time:
+                self.loop_shifts |= self.shifts
+            elif self.shifts:
+                fn.lines[start + 1:start + 1] = ["    " * (depth + 1) + d for d in _row_defs(self.shifts, "tt")]
+            fn.depth = depth
+
+    def _emit(self, sinks: list) -> None:
+        todo: dict = {}
+        for s in sinks:
+            if s not in self.satisfied and s.home is not None:
+                todo.setdefault(s.node, []).append(s)
+        for part, stacks in self.parts.items():
+            for c, lo in stacks:   # a part goes into its stack's array, with the stack's guard
+                todo.setdefault(part, []).append(Sink(part, self.homes[c].view(lo), "=", self.guards.get(c)))
+        gemms: dict = {}
+        for n in self.order:
+            if self.kind[n] == "gemm":
+                gemms.setdefault(self.ready[n], []).append(n)
+        copies: dict = {}   # nest -> level -> nodes whose sinks copy a value computed elsewhere
+        for n, targets in todo.items():
+            if n not in self.nest or not (self._fusable(n) or _scalar_like(n)):
+                nest = self._complete(n) if n in self.kind else 0
+                copies.setdefault(nest, {}).setdefault(self._copy_level(n) if n in self.nest else 0, []).append(n)
+        last = max([*self.ready.values(), *copies, 0])
+        for p in range(last + 1):
+            for g in gemms.get(p, []):
+                self._gemm(g)
+            members = [n for n in self.order if self.nest.get(n) == p]
+            if members or p in copies:
+                with self._rows_loop():
+                    self._nest(members, copies.get(p, {}), todo)
+
+    def _nest(self, members: list, copies: dict, todo: dict) -> None:
+        fn = self.fn
+        self.local = {}
+        levels = sorted({self.level[n] for n in members if self.kind[n] != "take"} | set(copies) | {0})
+        for level in levels:
+            for n in copies.get(level, []):
+                self._copy(n, todo[n])
+            for n in members:
+                if self.level[n] == level and _scalar_like(n) and n not in self.fused:
+                    self._scalar(n, todo.get(n, []))
+            loops: dict = {}
+            for n in members:
+                if self.level[n] == level and self._fusable(n):
+                    loops.setdefault(_length(n.shape), []).append(n)
+            for length, nodes in loops.items():
+                reductions = [n for n in members if self.fused.get(n) == (level, length)]
+                for red in reductions:
+                    self.local[red] = fn.fresh("s")
+                    fn.line(f"{self.local[red]} = {self.zero}")
+                with fn.block(f"for i in range({length}):"):
+                    for n in nodes:
+                        self.local[n] = fn.fresh("e")
+                        fn.line(f"{self.local[n]} = {self._value(n, 'i')}")
+                        for s in todo.get(n, []):
+                            self._store(s, self.local[n], "i")
+                        if n in self.homes and not any(s.home == self.homes[n] for s in todo.get(n, [])):
+                            fn.line(f"{self._at(self.homes[n], 'i')} = {self.local[n]}")
+                    for red in reductions:
+                        fn.line(f"{self.local[red]} += {self._reduced(red, 'i')}")
+                for red in reductions:
+                    self._finish(red, todo.get(red, []))
+
+    def _scalar(self, n: Node, sinks: list) -> None:
+        """A per-row value: an elementwise function of scalars, or a reduction in loops of its own."""
+        fn = self.fn
+        name = self.local[n] = fn.fresh("e")
+        k = self.kind[n]
+        if k == "map":
+            fn.line(f"{name} = {self._value(n, '0')}")
+        elif k in ("total", "dot"):
+            fn.line(f"{name} = {self.zero}")
+            with fn.block(f"for i in range({_length(resolve(n.args[0]).shape)}):"):
+                fn.line(f"{name} += {self._reduced(n, 'i')}")
+        else:   # logsumexp
+            a = resolve(n.args[0])
+            m, total = fn.fresh("m"), fn.fresh("s")
+            fn.line(f"{m} = dtype(-np.inf)")
+            with fn.block(f"for i in range({_length(a.shape)}):"):
+                fn.line(f"{m} = max({m}, {self.read(a, 'i', n)})")
+            fn.line(f"{total} = {self.zero}")
+            with fn.block(f"for i in range({_length(a.shape)}):"):
+                fn.line(f"{total} += _exp({self.read(a, 'i', n)} - {m})")
+            fn.line(f"{name} = {m} + dtype(math.log({total}))")
+        self._finish(n, sinks)
+
+    def _finish(self, n: Node, sinks: list) -> None:
+        for s in sinks:
+            self._store(s, self.local[n], "0")
+        if n in self.homes and not any(s.home == self.homes[n] for s in sinks):
+            self.fn.line(f"{self._at(self.homes[n], '0')} = {self.local[n]}")
+
+    def _copy(self, n: Node, sinks: list) -> None:
+        """Store a value that is not a local of this nest into its sinks."""
+        width = None if not n.batched and n.shape == () else (None if n.batched and _scalar_like(n) else _length(n.shape))
+        if width is None:
+            for s in sinks:
+                self._store(s, self.read(n, "0"), "0")
+            return
+        with self.fn.block(f"for i in range({width}):"):
+            for s in sinks:
+                self._store(s, self.read(n, "i"), "i")
+
+    def _block(self, home: Home) -> str:
+        """The contiguous rows of this block of an array."""
+        if home.shift is None:
+            return home.array
+        if self.time:
+            self.loop_shifts.add(home.rows)
+            return _view_name(home.rows)
+        start = f"{home.shift} * B" if home.shift else ""
+        return f"{home.array}[{start}:{start + ' + ' if start else ''}R]"
+
+    def _gemm(self, n: Node) -> None:
+        """rows @ M for a product with a weight matrix (W v: M = Wᵀ; vᵀ W: M = W): BLAS, or
+        explicit loops, vectorized over the output's components, for a small matrix."""
+        a, b = n.args
+        v, m = (resolve(b), ir.transpose(a)) if b.batched else (resolve(a), b)
+        k, width = _length(v.shape), _length(n.shape)
+        src, out = self.home(v), self.homes[n]
+        M = self.consts.name(m)
+        matrix = 1 not in m.shape
+        whole = src.col == 0 and src.width == k and out.col == 0 and out.width == width
+        if matrix and whole:
+            self.fn.line(f"_mm({self._block(src)}, {M}, {self._block(out)})")
+            return
+        element = f"{M}[q, j]" if matrix else (f"{M}[j]" if m.shape[0] == 1 else f"{M}[q]")
+        with self._rows_loop():
+            target = self._at(out, "j")
+            with self.fn.block(f"for j in range({width}):"):
+                self.fn.line(f"{target} = {self.zero}")
+            with self.fn.block(f"for q in range({k}):"):
+                self.fn.line(f"vq = {self._at(src, 'q')}")
+                with self.fn.block(f"for j in range({width}):"):
+                    self.fn.line(f"{target} += vq * {element}")
 
 
-# ---------------------------------------------------------------- kernels
+def _row_name(shift: int, ring: int) -> str:
+    """The variable holding the first row of step t - 1 + shift (in a ring: modulo its size)."""
+    return f"b{shift}" if not ring else f"k{ring}_{shift}" if shift >= 0 else f"k{ring}_m{-shift}"
 
-HEADER = '''"""Generated by graphcomp: the forward and loss-and-gradient kernels of one recurrence."""
+
+def _view_name(rows: tuple) -> str:
+    array, shift, ring = rows
+    return f"{_row_name(shift, ring)}_{array}"
+
+
+def _row_defs(views: set, step: str) -> list:
+    """Lines defining the first rows of the steps used (``step`` is ``tt``, or ``t - 1`` in a
+    time loop), then a view of each array's block of B rows: separate views let Numba
+    vectorize a loop that reads one step of an array and writes another."""
+    lines = []
+    for shift, ring in sorted({(s, k) for _, s, k in views}):
+        at = step if shift == 0 else (f"{step} + {shift}" if step == "tt" else
+                                      "t" if shift == 1 else f"t + {shift - 1}" if shift > 1 else f"t - {1 - shift}")
+        base = f"({at}) % {ring}" if ring else at
+        lines.append(f"{_row_name(shift, ring)} = {base} * B" if base in ("t", "tt") else
+                     f"{_row_name(shift, ring)} = ({base}) * B")
+    for array, shift, ring in sorted(views):
+        row = _row_name(shift, ring)
+        lines.append(f"{_view_name((array, shift, ring))} = {array}[{row}:{row} + B]")
+    return lines
+
+
+# ---------------------------------------------------------------- the module
+
+KERNEL_HEAD = '''"""Generated by graphcomp: the kernels of one recurrence.
+
+Arrays are batch-major. A signal's timeline is (rows, n), or (rows,) for a scalar, with
+rows = (before + T + after) * B: step t of sequence b is row (t - 1 + before) * B + b, and
+the rows before step 1 (after step T) hold initial values. Parameters have their NumPy
+shapes; lengths is (B,) int64; work is a 1-D array of work_size_<function>(T, B) elements."""
 import math
 
 import numpy as np
 from numba import njit
 
 dtype = np.{dtype}
+{runtime}'''
+
+RUNTIME = '''_F = np.{dtype}
+_SHIFT = _F({shift!r})                       # adding it rounds to an integer kept in the low bits
+_SHIFT_BITS = np.{int}(_SHIFT.view(np.{int}))
 
 
-@njit(cache=True, inline="always")
+# Elementwise functions without branches or library calls, so that loops over them vectorize,
+# and with one division on their critical path, so that a recurrence through them is fast
+# (the rational and polynomial approximations of Cephes; within a few ulp).
+
+@njit(cache=True, error_model="numpy")
+def _expk(x):
+    """e**x as 2 * h * num / den with h = 2**(k-1), x = k ln2 + r, |r| <= ln2/2 (halved so
+    that h is finite wherever e**x is)."""
+    x = min(max(_F(x), _F({lo!r})), _F({hi!r}))
+    kd = x * _F(1.4426950408889634) + _SHIFT
+    k = kd - _SHIFT
+    r = x - k * _F({ln2_hi!r}) - k * _F({ln2_lo!r})
+{expk}
+    h = np.{int}((np.{dtype}(kd).view(np.{int}) - _SHIFT_BITS + {bias} - 1) << {bits}).view(np.{dtype})
+    return h, num, den
+
+
+@njit(cache=True, error_model="numpy")
+def _exp(x):
+    h, num, den = _expk(x)
+    y = (h * (num / den)) * _F(2.0)
+    return y if x > _F({lo!r}) else _F(0.0)
+
+
+@njit(cache=True, error_model="numpy")
+def _tanh_small(x):
+    """tanh for |x| < 0.625: an odd rational approximation."""
+    z = x * x
+{small}
+    return x * p / q
+
+
+@njit(cache=True, error_model="numpy")
+def _tanh(x):
+    """The odd approximation for |x| < 0.625, else (e**2|x| - 1) / (e**2|x| + 1). A branch: a
+    recurrence through tanh waits only for the side it takes; a vectorized loop computes both."""
+    x = _F(x)
+    a = abs(x)
+    if a < _F(0.625):
+        return _tanh_small(x)
+    h, num, den = _expk(min(_F(2.0) * a, _F(40.0)))
+    e = _F(2.0) * h * num
+    y = (e - den) / (e + den)
+    return y if x >= _F(0.0) else -y
+
+
+@njit(cache=True, error_model="numpy")
 def _sigmoid(x):
-    return 0.5 * (1.0 + math.tanh(0.5 * x))
+    """1 / (1 + e**-x), one division; 1/2 + tanh(x/2)/2 near 0."""
+    x = _F(x)
+    if abs(x) < _F(1.25):
+        return _F(0.5) + _F(0.5) * _tanh_small(_F(0.5) * x)
+    h, num, den = _expk(-x)
+    return den / (den + _F(2.0) * h * num)
+
+
+# Array operations every kernel uses, compiled once: a kernel calls them (cheap for Numba to
+# compile) instead of containing them.
+
+@njit(cache=True, error_model="numpy")
+def _mm(a, m, out):
+    """out = a @ m: rows times a weight matrix. Explicit loops, vectorized over out's columns,
+    when the product is small (a BLAS call costs more there), else BLAS."""
+    rows, k = a.shape
+    n = m.shape[1]
+    if k * n <= 1024 and rows * k * n <= 65536:
+        for r in range(rows):
+            for j in range(n):
+                out[r, j] = 0.0
+            for q in range(k):
+                v = a[r, q]
+                for j in range(n):
+                    out[r, j] += v * m[q, j]
+    else:
+        np.dot(a, m, out)
+
+
+@njit(cache=True, error_model="numpy")
+def _mtm(a, b, out, beta):
+    """out = beta * out + aᵀ b: a weight matrix's gradient, Σ over rows of outer products."""
+    if beta == 0.0:
+        np.dot(a.T, b, out)
+    else:
+        prod = np.dot(a.T, b)
+        for i in range(out.shape[0]):
+            for j in range(out.shape[1]):
+                out[i, j] = beta * out[i, j] + prod[i, j]
+
+
+@njit(cache=True, error_model="numpy")
+def _zero(a):
+    for i in range(a.size):
+        a.flat[i] = 0.0
 '''
 
+FAST_MATH = {   # exp's range, the rounding shifter 1.5·2^m, the exponent's bits, ln 2 in two parts
+    "float64": dict(lo=-707.0, hi=710.0, shift=6755399441055744.0, int="int64", bits=52, bias=1023,
+                    ln2_hi=6.93145751953125E-1, ln2_lo=1.42860682030941723212E-6, expk="""\
+    rr = r * r
+    p = r * ((_F(1.26177193074810590878E-4) * rr + _F(3.02994407707441961300E-2)) * rr
+             + _F(9.99999999999999999910E-1))
+    q = (((_F(3.00198505138664455042E-6) * rr + _F(2.52448340349684104192E-3)) * rr
+          + _F(2.27265548208155028766E-1)) * rr + _F(2.00000000000000000009E0))
+    num, den = q + p, q - p""", small="""\
+    q = ((z + _F(1.12811678491632931402E2)) * z + _F(2.23548839060100448583E3)) * z + _F(4.84406305325125486048E3)
+    p = q + z * ((_F(-9.64399179425052238628E-1) * z + _F(-9.92877231001918586564E1)) * z
+                 + _F(-1.61468768441708447952E3))"""),
+    "float32": dict(lo=-86.0, hi=89.0, shift=12582912.0, int="int32", bits=23, bias=127,
+                    ln2_hi=0.693359375, ln2_lo=-2.12194440e-4, expk="""\
+    rr = r * r
+    num = ((((((_F(1.9875691500E-4) * r + _F(1.3981999507E-3)) * r + _F(8.3334519073E-3)) * r
+              + _F(4.1665795894E-2)) * r + _F(1.6666665459E-1)) * r + _F(5.0000001201E-1)) * rr
+           + r + _F(1.0))
+    den = _F(1.0)""", small="""\
+    q = _F(1.0)
+    p = ((((_F(-5.70498872745E-3) * z + _F(2.06390887954E-2)) * z + _F(-5.37397155531E-2)) * z
+          + _F(1.33314422036E-1)) * z + _F(-3.33332819422E-1)) * z + _F(1.0)"""),
+}
 
-def _reads_state(step: Step, roots: list) -> dict:
-    """For every node under ``roots``: does its value depend on a state?"""
-    dep = {}
-    for node in ir.toposort(roots):
-        if node.op == "read":
-            dep[node] = node.attr[0] in step.updates
+
+def runtime_source(dtype: str) -> str:
+    """The fast elementwise functions in ``dtype``, as a module of their own: Numba compiles
+    them once and caches them for every kernel."""
+    imports = "import math\n\nimport numpy as np\nfrom numba import njit\n\n"
+    return imports + RUNTIME.format(dtype=dtype, **FAST_MATH[dtype])
+
+
+def runtime_name(dtype: str) -> str:
+    return f"graphcomp_runtime_{hashlib.sha256(runtime_source(dtype).encode()).hexdigest()[:16]}"
+
+
+def header(dtype: str, standalone: bool = False) -> str:
+    """The kernel module's imports; the fast functions come from the runtime module, or are
+    written out (``standalone``, for a module that needs only NumPy and Numba)."""
+    runtime = (RUNTIME.format(dtype=dtype, **FAST_MATH[dtype]) if standalone else
+               f"from {runtime_name(dtype)} import _exp, _mm, _mtm, _sigmoid, _tanh, _zero  # noqa: F401\n")
+    return KERNEL_HEAD.format(dtype=dtype, runtime=runtime)
+
+
+def _costly(expr: sp.Expr) -> bool:
+    """Does an elementwise expression apply a function (tanh, exp, ...) or a fractional power?"""
+    return any(isinstance(e, sp.Function) or (isinstance(e, sp.Pow) and not e.exp.is_Integer)
+               for e in sp.preorder_traversal(expr))
+
+
+def _boundary(step: Step) -> list:
+    """The unbatched values that batched code reads and that depend on a parameter. The
+    gradient of each is summed over the rows, then sent back to the parameters once."""
+    roots = [*step.updates.values(), *step.outputs.values()] + ([step.loss] if step.loss is not None else [])
+    out = []
+    for n in ir.toposort(roots):
+        for a in n.args if n.batched else ():
+            if not a.batched and a not in out and any(m.op == "param" for m in ir.toposort([a])):
+                out.append(a)
+    return out
+
+
+def _outer_terms(node: Node) -> list:
+    """A weight matrix's cotangent per example as Σ coef · a bᵀ over batched vectors a, b."""
+    if node.op == "matmul" and all(x.batched for x in node.args) \
+            and node.args[0].shape[1] == 1 and node.args[1].shape[0] == 1:
+        return [(1.0, resolve(node.args[0]), resolve(node.args[1]))]
+    if node.op == "transpose":
+        return [(c, b, a) for c, a, b in _outer_terms(node.args[0])]
+    if node.op == "map":
+        out = []
+        for term in sp.Add.make_args(sp.expand(node.attr)):
+            coef, rest = term.as_coeff_Mul()
+            if not (rest.is_Symbol and rest.name.startswith("x")):
+                break
+            out += [(float(coef) * c, a, b) for c, a, b in _outer_terms(node.args[int(rest.name[1:])])]
         else:
-            dep[node] = any(dep[a] for a in node.args)
-    return dep
+            return out
+    raise Unsupported(f"the gradient of a weight matrix of the form {node!r}")
+
+
+class Gradients:
+    """Sums each boundary value's cotangent over all rows, as regions compute it: scalars and
+    vectors in accumulators, weight matrices as Σ a bᵀ products after the last region (their
+    factors kept over all rows); then sends the sums back to the parameters."""
+
+    def __init__(self, fn: Function, boundary: list):
+        self.fn, self.boundary = fn, boundary
+        self.acc: dict = {}
+        self.outer: dict = {}
+
+    def _accumulator(self, q: Node) -> Home:
+        if q not in self.acc:
+            if q.shape == ():
+                self.acc[q] = Home(self.fn.array("acc", "B", None, zero=True), None, None)
+            else:
+                self.acc[q] = Home(self.fn.array("acc", str(_length(q.shape)), None, zero=True), None,
+                                   _length(q.shape), rowless=True)
+        return self.acc[q]
+
+    def sinks(self, contributions: dict, region: Region) -> list:
+        """Sinks that add a region's contributions (boundary node -> cotangent IR)."""
+        out, kept = [], {}
+        for q, node in contributions.items():
+            if q.shape == () or 1 in q.shape:
+                out.append(Sink(node, self._accumulator(q), "+=", "zero"))
+                continue
+            for coef, a, b in _outer_terms(node):
+                homes = []
+                for f in (a, b):
+                    home = kept.get(f) or region.available(f)
+                    if not (isinstance(home, Home) and home.shift is not None and home.col == 0
+                            and not home.rowless and home.width == _length(f.shape)):
+                        width = _length(f.shape)
+                        home = kept[f] = Home(self.fn.array("f", "R", width), 0, width)
+                        out.append(Sink(f, home, "=", "zero"))
+                    homes.append(home)
+                self.outer.setdefault(q, []).append((coef, *homes))
+        return out
+
+    def finish(self, consts: Consts, params: dict) -> list:
+        """Driver lines after the loops: the weight matrices' products, then each parameter's
+        gradient, its sum over rows sent back through the parameter-only values."""
+        fn = self.fn
+        totals = {}
+        for q, terms in self.outer.items():
+            name = totals[q] = fn.array("gw", str(q.shape), None)
+            for k, (coef, a, b) in enumerate(terms):
+                blocks = [f"{h.array}[{f'{h.shift} * B:{h.shift} * B + R' if h.shift else ':R'}]" for h in (a, b)]
+                if coef != 1.0:   # Σ c a bᵀ = (c a)ᵀ b
+                    blocks[0] = f"np.ascontiguousarray({coef!r} * {blocks[0]}, dtype)"
+                fn.post.append(f"_mtm({blocks[0]}, {blocks[1]}, {name}, {1.0 if k else 0.0})")
+        for q, home in self.acc.items():
+            totals[q] = home.array if home.rowless else f"dtype({home.array}.sum())"
+        seeds = {q: ir.var(("sum", k), q.shape, batched=False) for k, q in enumerate(self.boundary) if q in totals}
+        chain = Consts(fn, fn.post, {**consts.names, **{seeds[q]: totals[q] for q in seeds}})
+        ct = ir.vjp(seeds)
+        names = []
+        for p, shape in params.items():
+            node = ct.get(ir.param(p, shape))
+            layout = "()" if shape == () else str((_length(shape),)) if 1 in shape else str(shape)
+            names.append(chain.name(node) if node is not None else
+                         "dtype(0.0)" if shape == () else f"np.zeros({layout}, dtype)")
+        return names
 
 
 class KernelSource:
-    """The generated module for a step, and the argument order of its two functions."""
+    """The generated module of a step: ``forward`` and, with a loss, ``loss_and_grad``.
+
+    ``args[name]`` lists the signals whose timelines a function takes, in order; ``work[name]``
+    says whether it takes a workspace (of ``work_size_<name>(T, B)`` elements)."""
 
     def __init__(self, step: Step, dtype: str):
-        self.step = step
-        self.adjoint = adjoint(step, loss_seed=LOSS_SEED)
+        self.user_step, self.dtype = step, dtype
+        for info in step.signals.values():
+            if info.shape:
+                _length(info.shape)   # raises for a matrix-valued signal
+        self.step = fused_step(step)
         self.margins = {n: (max(0, -min(i.offsets, default=0)), max(0, max(i.offsets, default=0)))
                         for n, i in step.signals.items()}
-        self.signals = list(step.signals)
-        self.params = list(step.params)
-        for name, info in step.signals.items():
-            if info.shape:
-                _vector(info.shape)   # raises for a matrix-valued signal
-        functions = [self._function("forward", with_grad=False)]
-        if step.loss is not None:
-            functions.append(self._function("loss_and_grad", with_grad=True))
-        self.text = HEADER.format(dtype=dtype) + "\n\n" + "\n\n\n".join(functions) + "\n"
+        self.params = dict(step.params)
+        self.boundary = _boundary(self.step)
+        self.adjoint = adjoint(self.step, loss_seed=LOSS_SEED, wrt=frozenset(self.boundary))
+        self.fuse_loss = self._loss_fusable()
+        self.rings = self._rings()
+        self.args: dict = {}
+        functions = [self._forward()] + ([self._loss_and_grad()] if step.loss is not None else [])
+        self.work = {fn.name: bool(fn.work) for fn in functions}
+        body = "".join(f"\n\n{fn.text(fn.returns)}\n\n\n{fn.work_size()}" for fn in functions)
+        self.text = header(dtype) + body
+        self.standalone = header(dtype, standalone=True) + body
 
-    # the arguments: sizes, lengths, (loss weights), every signal's timeline, (cotangents), params
-    def arguments(self, with_grad: bool) -> list:
-        args = ["T", "B", "lengths"] + (["w"] if with_grad else [])
-        args += [f"ext_{n}" for n in self.signals]
-        if with_grad:
-            args += [f"cot_{s}" for s in self.step.states]
-        return args + [f"p_{p}" for p in self.params]
+    # -------------------------------------------------------- signals and graphs
+    def timeline(self, name: str, offset: int, array: str = "ext") -> Home:
+        shape = self.step.signals[name].shape
+        width = None if shape == () else _length(shape)
+        if array == "cot" and name in self.rings:
+            return Home(f"cot_{name}", offset, width, ring=self.rings[name])
+        return Home(f"{array}_{name}", offset + self.margins[name][0], width)
 
-    def _read(self, name: str, offset: int, t: str) -> str:
-        return f"ext_{name}[{t} - 1 + {offset + self.margins[name][0]}]"
+    def leaf(self, known: dict):
+        def find(n: Node):
+            if n in known:
+                return known[n]
+            if n.op == "read":
+                return self.timeline(*n.attr)
+            if n.op == "var" and n.attr[0] == "cot":
+                return self.timeline(n.attr[1], 0, "cot")
+            return None
+        return find
 
-    def _rows(self, array: str, name: str, offset: int) -> str:
-        """All T steps of a timeline, shifted by ``offset``, as (T·B, n) rows."""
-        lo = offset + self.margins[name][0]
-        n = _vector(self.step.signals[name].shape)
-        shape = "R" if n is None else f"(R, {n})"
-        return f"{array}[{lo}:{lo} + T].reshape({shape})"
-
-    def _row_names(self, roots: list, grads: bool) -> dict:
-        names = {}
-        for node in ir.toposort(roots):
-            if node.op == "read":
-                names[node] = self._rows(f"ext_{node.attr[0]}", *node.attr)
-            elif node.op == "var" and node is LOSS_SEED:
-                names[node] = "w"
-            elif node.op == "var" and grads:
-                names[node] = self._rows(f"cot_{node.attr[1]}", node.attr[1], 0)
-        return names
-
-    def _function(self, fname: str, with_grad: bool) -> str:
+    def _loss_fusable(self) -> bool:
+        """Can the first backward loop compute the loss and its cotangents step by step? Yes if
+        they need no product with a weight matrix (those run best over all rows at once) and
+        send nothing to a step of that loop's states that it has already processed."""
         step, adj = self.step, self.adjoint
-        gen = Generator(step)
-        gen.line("R = T * B")
-        # the recurrence's parts that read no state, over all rows at once
-        roots = list(step.updates.values())
-        dep = _reads_state(step, roots)
-        hoist = [n for n in ir.toposort(roots) if n.batched and not dep[n] and n.op != "read"
-                 and (n in roots or any(dep[u] and n in u.args for u in dep))]
-        hoisted = Emitter(gen, "R", self._row_names(hoist, False))
-        hoisted.emit(hoist)
-        # values of the forward step that the adjoint reads are kept (the tape), not recomputed
-        inside = {n for n in dep if dep[n]}
-        adjoint_nodes = ir.toposort([n for who in adj.reads for n in adj.reads[who].values()] +
-                                    [n for who in adj.params for n in adj.params[who].values()], stop=inside)
-        tape = {n: f"tape{k}" for k, n in enumerate(n for n in adjoint_nodes
-                                                     if n in inside and n.args and n.op != "transpose")}
-        if with_grad:
-            for node, name in tape.items():
-                n = _vector(node.shape)
-                gen.line(f"{name} = np.zeros((T, B{'' if n is None else f', {n}'}), dtype)")
-        for sweep in step.sweeps:
-            gen.begin_time_loop("range(1, T + 1)" if sweep.direction > 0 else "range(T, 0, -1)")
-            names = {n: f"{hoisted.names[n]}[(t - 1) * B:t * B]" for n in hoist}
-            em = Emitter(gen, "B", names, mask="t <= lengths[r]")
-            for node in ir.toposort([step.updates[s] for s in sweep.states]):
-                if node.op == "read":
-                    em.names.setdefault(node, self._read(*node.attr, "t"))
+        if step.loss is None:
+            return False
+        graph = ir.toposort([step.loss, *adj.reads[LOSS].values(), *adj.params[LOSS].values()])
+        if any(n.batched and n.op == "matmul" and _kind(n) == "gemm" for n in graph):
+            return False
+        last = step.sweeps[-1]
+        return all(off * last.direction <= 0 for (s, off) in adj.reads[LOSS] if s in last.states)
+
+    def _rings(self) -> dict:
+        """States whose cotangents only their own backward loop sends: a ring of K steps' rows
+        (K = the largest delay + 1) instead of a timeline over all steps."""
+        adj, step = self.adjoint, self.step
+        writers: dict = {s: set() for s in step.states}
+        window: dict = {s: 1 for s in step.states}
+        for k, sweep in enumerate(step.sweeps):
+            consumers = list(sweep.states) + ([LOSS] if self.fuse_loss and k == len(step.sweeps) - 1 else [])
+            for who in consumers:
+                for (s, off) in adj.reads[who]:
+                    writers[s].add(k)
+                    window[s] = max(window[s], abs(off) + 1)
+        if step.loss is not None and not self.fuse_loss:
+            for (s, off) in adj.reads[LOSS]:
+                writers[s].add("loss")
+        rings = {}
+        for k, sweep in enumerate(step.sweeps):
             for s in sweep.states:
-                root = step.updates[s]
-                if with_grad:
-                    kept = [n for n in ir.toposort([root]) if n in tape and n not in em.names and n is not root]
-                    em.emit(kept, into={n: f"{tape[n]}[t - 1]" for n in kept})
-                em.emit([root], into={root: self._read(s, 0, "t")})
-            gen.end_time_loop()
-        if not with_grad:
-            outs = list(step.outputs.values())
-            em = Emitter(gen, "R", self._row_names(outs, False))
-            values = [em.value(o) for o in outs]
-            gen.line("return (" + "".join(f"{v}, " for v in values) + ")")
-            return self._wrap(fname, gen, with_grad=False)
-        # the loss and what it sends to the states it reads, over all rows
-        every = [node for who in adj.params for node in adj.params[who].values()]
-        names = self._row_names([step.loss, *adj.reads[LOSS].values(), *every], True)
-        names.update({n: hoisted.names[n] for n in hoist})
-        names.update({n: f"{name}.reshape({'R' if _vector(n.shape) is None else f'(R, {_vector(n.shape)})'})"
-                      for n, name in tape.items()})
-        rows = Emitter(gen, "R", names)
-        value = rows.value(step.loss)
-        gen.line(f"loss = np.sum(w * {value})")
-        for (name, off), node in adj.reads[LOSS].items():
-            self._accumulate(gen, rows, node, self._rows(f"cot_{name}", name, off), "R")
-        # the adjoint step, backwards in time
-        for sweep in reversed(step.sweeps):
-            gen.begin_time_loop("range(T, 0, -1)" if sweep.direction > 0 else "range(1, T + 1)")
-            names = {n: f"{hoisted.names[n]}[(t - 1) * B:t * B]" for n in hoist}
-            names.update({n: f"{name}[t - 1]" for n, name in tape.items()})
-            em = Emitter(gen, "B", names)
-            for s in reversed(sweep.states):
-                seed = f"cot_{s}[t - 1 + {self.margins[s][0]}]"
-                n = _vector(step.signals[s].shape)
-                gen.line("for r in range(B):")
-                gen.line("    if t > lengths[r]:")
-                gen.line(f"        {seed}[r] = 0.0" if n is None else f"        {seed}[r, :] = 0.0")
-                reads = adj.reads[s]
-                for node in ir.toposort(list(reads.values())):
-                    if node.op == "read":
-                        em.names.setdefault(node, self._read(*node.attr, "t"))
-                    elif node.op == "var":
-                        em.names.setdefault(node, f"cot_{node.attr[1]}[t - 1 + {self.margins[node.attr[1]][0]}]")
-                for (name, off), node in reads.items():
-                    self._accumulate(gen, em, node, self._read(name, off, "t").replace("ext_", "cot_", 1), "B")
-            gen.end_time_loop()
-        # parameter gradients: sums over all rows, a matrix product for δ hᵀ
-        grads = []
-        for p, shape in step.params.items():
-            name = f"g_{p}"
-            grads.append(name)
-            gen.line(f"{name} = {_zeros(shape)}")
-            for who in adj.params:
-                if p in adj.params[who]:
-                    self._reduce(gen, rows, adj.params[who][p], name)
-        gen.line("return (loss, " + "".join(f"{g}, " for g in grads) + ")")
-        return self._wrap(fname, gen, with_grad=True)
+                if writers[s] <= {k}:
+                    rings[s] = window[s]
+        return rings
 
-    def _accumulate(self, gen, em, node, dest: str, rows: str) -> None:
-        n = _vector(node.shape)
-        src = em._element(node, "i")
-        dest = gen.bind(dest)
-        gen.loop(rows, n, [f"{dest}[r{'' if n is None else ', i'}] += {src}"])
+    def _depends_on_state(self):
+        memo: dict = {}
 
-    def _reduce(self, gen, em, node, grad: str) -> None:
-        """grad += Σ over rows of a per-example contribution."""
-        if node.op == "matmul" and all(a.batched for a in node.args) and node.args[0].shape[1] == 1:
-            a, b = node.args
-            gen.line(f"{grad} += np.dot(np.ascontiguousarray({em.value(a)}.T), {em.value(b)})")
-            return
-        if not node.batched:
-            raise Unsupported("a parameter gradient that is the same for every example")
-        n = _vector(node.shape)
-        src = em._element(node, "i")
-        if n is None:
-            gen.line(f"for r in range(R):")
-            gen.line(f"    {grad} += {src}")
-        else:
-            gen.line(f"for r in range(R):")
-            gen.line(f"    for i in range({n}):")
-            gen.line(f"        {grad}[i] += {src}")
+        def dep(n: Node) -> bool:
+            for m in ir.toposort([n], stop=memo):
+                if m not in memo:
+                    memo[m] = (m.op == "read" and m.attr[0] in self.step.updates) or any(memo[a] for a in m.args)
+            return memo[n]
+        return dep
 
-    def _wrap(self, fname: str, gen: Generator, with_grad: bool) -> str:
-        head = [f"@njit(cache=True, error_model='numpy')",
-                f"def {fname}({', '.join(self.arguments(with_grad))}):"]
-        consts = ["    " + c for c in gen.const_lines]
-        return "\n".join(head + consts + gen.lines)
+    def _sweeps(self) -> list:
+        """Per sweep: every node under its updates mapped to its form in the forward loop, where
+        a state read at the same step is the node computing it."""
+        out = []
+        for sweep in self.step.sweeps:
+            mapping: dict = {}
+            for s in sweep.states:
+                node = self.step.updates[s]
+                mapping.update(ir.rewrite([node], mapping))
+                mapping[ir.read(s, 0, node.shape)] = mapping[node]
+            out.append(mapping)
+        return out
 
+    def _backward_sweeps(self) -> list:
+        """Per sweep, in backward order: the cotangent sinks of its adjoint step and its
+        boundary contributions. A state's seed ∇s(t) is written out as what was sent to s(t)
+        before plus what the states of the sweep that read s(t) (and a fused loss) send now,
+        so that one loop computes all of them."""
+        adj, out = self.adjoint, []
+        for k, sweep in enumerate(reversed(self.step.sweeps)):
+            seeds: dict = {}
+            sends: dict = {}
+            grads: dict = {}
+            consumers = [LOSS] if self.fuse_loss and k == 0 else []
+            consumers += list(reversed(sweep.states))
+            for who in consumers:
+                if who != LOSS:
+                    shape = self.step.updates[who].shape
+                    same = [ir.substitute([adj.reads[o][(who, 0)]], seeds)[0] for o in [LOSS, *sweep.states]
+                            if (o == LOSS and LOSS in consumers or o != LOSS and grad_var(o, self.step.updates[o].shape) in seeds)
+                            and (who, 0) in adj.reads[o]]
+                    seeds[grad_var(who, shape)] = ir.add(ir.var(("cot", who), shape), *same)
+                for (name, off), node in adj.reads[who].items():
+                    if not (off == 0 and name in sweep.states):
+                        sends.setdefault((name, off), []).append(ir.substitute([node], seeds)[0])
+                for q, node in adj.params[who].items():
+                    grads.setdefault(q, []).append(ir.substitute([node], seeds)[0])
+            sinks = [Sink(ir.add(*nodes), self.timeline(name, off, "cot"), "+=", "zero")
+                     for (name, off), nodes in sends.items()]
+            out.append((sweep, sinks, {q: ir.add(*nodes) for q, nodes in grads.items()}))
+        return out
 
-def _zeros(shape: tuple) -> str:
-    if shape == ():
-        return "0.0"
-    if shape[1] == 1:
-        return f"np.zeros({shape[0]}, dtype)"
-    return f"np.zeros(({shape[0]}, {shape[1]}), dtype)"
+    def _tapes(self, fn: Function, roots: list, sweeps: list, known: dict, dep) -> dict:
+        """Forward values the backward loops read that depend on a state: kept by the forward
+        loop (a tape over all rows), unless cheap arithmetic on the timelines gives them again
+        (reading a tape costs less than a tanh, more than a multiplication)."""
+        computed = set().union(*(m.keys() for m in sweeps)) if sweeps else set()
+        find = self.leaf(known)
+        free: dict = {}
+
+        def recomputable(n: Node) -> bool:
+            for m in ir.toposort([n], stop=free):
+                if m not in free:
+                    free[m] = (not m.batched or m.op == "read") or (
+                        m.op in ("map", "broadcast", "take", "concat", "transpose", "total")
+                        and not (m.op == "map" and _costly(m.attr)) and all(free[a] for a in m.args))
+            return free[n]
+        backward: dict = {}
+        for n in ir.toposort(roots):
+            backward[n] = n.op == "var" or any(backward[a] for a in n.args)
+
+        def kept(n: Node) -> bool:
+            return n.batched and not backward.get(n, True) and dep(n) and not recomputable(n)
+        tapes: dict = {}
+        for n in ir.toposort(roots, stop=lambda n: not n.batched or find(n) is not None or kept(n)):
+            if not kept(n) or find(n) is not None:
+                continue
+            n = resolve(n)
+            while n.op == "take":
+                n = resolve(n.args[0])
+            if n in computed and n not in tapes:
+                width = _width(n)
+                tapes[n] = Home(fn.array("tape", "R", width), 0, width)
+        return tapes
+
+    # -------------------------------------------------------- the functions
+    def _start(self, name: str, signals: list) -> tuple:
+        self.args[name] = signals
+        args = ["T", "B", "lengths", *(f"ext_{n}" for n in signals), *(f"p_{p}" for p in self.params)]
+        fn = Function(name, args, self.dtype)
+        return fn, Consts(fn, fn.consts)
+
+    def _hoist(self, fn: Function, consts: Consts, sweeps: list, dep) -> dict:
+        """The products that read no state, over all rows before the time loops."""
+        gemms = []
+        for mapping in sweeps:
+            for n in mapping.values():
+                if n.batched and n.op == "matmul" and _kind(n) == "gemm" and not dep(n) and n not in gemms:
+                    gemms.append(n)
+        return Region(fn, consts, self.leaf({}), time=False).run([Sink(n, None) for n in gemms])
+
+    def _time_loop(self, fn: Function, consts: Consts, direction: int, sinks: list, known: dict,
+                   gradients: "Gradients | None" = None, contributions: dict | None = None,
+                   consumed: list = ()) -> None:
+        """One loop over time running a region per step; ``consumed``: ring rows to clear after."""
+        with fn.block("for t in range(1, T + 1):" if direction > 0 else "for t in range(T, 0, -1):"):
+            top = len(fn.lines)
+            region = Region(fn, consts, self.leaf(known), time=True)
+            if gradients is not None:
+                sinks = sinks + gradients.sinks(contributions, region)
+            region.run(sinks)
+            for home in consumed:   # this step's ring rows are free for step t - K
+                region.loop_shifts.add(home.rows)
+                fn.line(f"_zero({_view_name(home.rows)})")
+            fn.lines[top:top] = ["    " * fn.depth + d for d in _row_defs(region.loop_shifts, "t - 1")]
+
+    def _forward_loops(self, fn, consts, sweeps, known, tapes) -> None:
+        for sweep, mapping in zip(self.step.sweeps, sweeps):
+            guard = "zero" if sweep.direction > 0 else "keep"   # past its end: zero, or its boundary values
+            sinks = [Sink(mapping[self.step.updates[s]], self.timeline(s, 0), "=", guard) for s in sweep.states]
+            sinks += [Sink(mapping[n], home, "=", "zero") for n, home in tapes.items() if n in mapping]
+            self._time_loop(fn, consts, sweep.direction, sinks, known)
+
+    def _forward(self) -> str:
+        step = self.step
+        sweeps, dep = self._sweeps(), self._depends_on_state()
+        reads = set(step.updates)
+        for node in [*step.updates.values(), *step.outputs.values()]:
+            reads |= {n.attr[0] for n in ir.toposort([node]) if n.op == "read"}
+        fn, consts = self._start("forward", [n for n in step.signals if n in reads])
+        known = self._hoist(fn, consts, sweeps, dep)
+        self._forward_loops(fn, consts, sweeps, known, {})
+        outs, sinks = [], []
+        for o, node in step.outputs.items():
+            width = None if node.shape == () else _length(node.shape)
+            outs.append(fn.array(f"out_{o}_", "R", width, fresh=True))
+            sinks.append(Sink(node, Home(outs[-1], 0, width)))
+        if sinks:
+            Region(fn, consts, self.leaf(known), time=False).run(sinks)
+        fn.returns = "(" + "".join(f"{o}, " for o in outs) + ")"
+        return fn
+
+    def _loss_and_grad(self) -> str:
+        step, adj = self.step, self.adjoint
+        sweeps, dep = self._sweeps(), self._depends_on_state()
+        fn, consts = self._start("loss_and_grad", list(step.signals))
+        for s in step.states:
+            home = self.timeline(s, 0, "cot")
+            before, after = self.margins[s]
+            rows = f"{home.ring} * B" if home.ring else f"(T + {before + after}) * B" if before + after else "R"
+            fn.array("cot", rows, home.width, zero=True, name=f"cot_{s}")
+        known = dict(self._hoist(fn, consts, sweeps, dep))
+        backward = self._backward_sweeps()
+        loss = Home(fn.array("acc", "B", None, zero=True), None, None)
+        loss_sink = Sink(ir.emap(X(0) * X(1), [LOSS_SEED, step.loss]), loss, "+=", "zero")
+        roots = [s.node for _, sinks, _ in backward for s in sinks] + \
+                [n for _, _, grads in backward for n in grads.values()] + ([loss_sink.node] if self.fuse_loss else [])
+        tapes = self._tapes(fn, roots, sweeps, known, dep)
+        self._forward_loops(fn, consts, sweeps, known, tapes)
+        known.update(tapes)
+        gradients = Gradients(fn, self.boundary)
+        if not self.fuse_loss:   # the loss and the cotangents it sends, over all rows
+            sinks = [loss_sink] + [Sink(node, self.timeline(name, off, "cot"), "+=", "zero")
+                                   for (name, off), node in adj.reads[LOSS].items()]
+            region = Region(fn, consts, self.leaf({**known, LOSS_SEED: "wt"}), time=False)
+            region.run(sinks + gradients.sinks(adj.params[LOSS], region))
+        for k, (sweep, sinks, contributions) in enumerate(backward):   # the adjoint step, backwards in time
+            sinks = sinks + ([loss_sink] if self.fuse_loss and k == 0 else [])
+            rings = [self.timeline(s, 0, "cot") for s in sweep.states if s in self.rings]
+            self._time_loop(fn, consts, -sweep.direction, sinks, {**known, LOSS_SEED: "wt"},
+                            gradients, contributions, rings)
+        grads = gradients.finish(consts, self.params)
+        fn.returns = f"(dtype({loss.array}.sum()), " + "".join(f"{g}, " for g in grads) + ")"
+        return fn

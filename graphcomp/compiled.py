@@ -12,29 +12,30 @@ import numba
 import numpy as np
 
 from .check import Batch
-from .codegen import KernelSource, Unsupported
+from .codegen import KernelSource, Unsupported, runtime_name, runtime_source
 from .reference import timelines
 from .step import Step
 
 
 def cache_dir() -> Path:
+    """Where generated modules and Numba's compiled code live: one folder per Numba version."""
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "graphcomp" / f"numba-{numba.__version__}"
 
 
-def load(text: str):
-    """Import generated source as a module from the cache folder (written once, atomically)."""
-    key = hashlib.sha256(text.encode()).hexdigest()[:20]
+def load(text: str, name: str | None = None):
+    """Import generated source as a module from the cache folder (written once, atomically).
+    Its name is ``name``, or one derived from a hash of the text."""
+    name = name or f"graphcomp_kernels_{hashlib.sha256(text.encode()).hexdigest()[:20]}"
+    if name in sys.modules:
+        return sys.modules[name]
     folder = cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"gc_{key}.py"
+    path = folder / f"{name}.py"
     if not path.exists() or path.read_text() != text:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
-    name = f"graphcomp_kernels_{key}"
-    if name in sys.modules:
-        return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -48,60 +49,75 @@ class NumbaBackend:
     def __init__(self, step: Step, dtype: str = "float64"):
         self.step, self.dtype = step, np.dtype(dtype)
         self.kernels = KernelSource(step, self.dtype.name)
+        load(runtime_source(self.dtype.name), runtime_name(self.dtype.name))
         self.module = load(self.kernels.text)
+        self._work: dict = {}      # function -> workspace kept between calls
+        self._buffers: dict = {}   # function -> timelines kept between calls
         self._compile()
-
-    def _compile(self) -> None:
-        """Compile (or load from the disk cache) both kernels now, on a one-step batch, so that
-        a problem shows at gc.compile and never as a Numba error in a later call."""
-        B = 1
-        params = {p: np.zeros(shape, self.dtype) for p, shape in self.step.params.items()}
-        inputs = {n: np.zeros((1, B) + i.shape, self.dtype) for n, i in self.step.signals.items() if i.role == "input"}
-        initial = {n: np.zeros((i.history, B) + i.shape, self.dtype) for n, i in self.step.signals.items() if i.history}
-        batch = Batch(1, B, params, inputs, np.ones(B, np.int64), initial, self.dtype)
-        try:
-            self.forward(batch)
-            if self.step.loss is not None:
-                self.loss_and_grad(batch)
-        except numba.core.errors.NumbaError as e:
-            raise Unsupported(f"Numba could not compile the generated kernels: {str(e).splitlines()[0]}") from e
 
     @property
     def source(self) -> str:
         return self.kernels.text
 
-    def _arrays(self, batch: Batch, with_grad: bool):
-        ext, pre = timelines(self.step, batch, flat=True, dtype=self.dtype)
-        for name, info in self.step.signals.items():
-            if name not in ext:   # forward() without the loss's targets: never read
-                ext[name] = np.zeros((1, batch.B) + info.array_shape, self.dtype)
-        args = [batch.T, batch.B, batch.lengths.astype(np.int64)]
-        if with_grad:
-            w = (batch.valid / batch.B).astype(self.dtype).reshape(-1)
-            args.append(w)
-        args += [ext[n] for n in self.kernels.signals]
-        cot = {}
-        if with_grad:
-            cot = {s: np.zeros_like(ext[s]) for s in self.step.states}
-            args += [cot[s] for s in self.step.states]
-        for p in self.kernels.params:
-            value = batch.params[p].astype(self.dtype)
-            shape = self.step.params[p]
-            args.append(value.reshape(shape[:1]) if shape[1:] == (1,) else
-                        (float(value) if shape == () else np.ascontiguousarray(value)))
+    def _compile(self) -> None:
+        """Compile (or load from the disk cache) the kernel a user needs first, on a one-step
+        batch: ``loss_and_grad``, or ``forward`` for a model without a loss. The other one
+        compiles at its first call. A problem shows here, never as a Numba error later."""
+        B = 1
+        params = {p: np.zeros(shape, self.dtype) for p, shape in self.step.params.items()}
+        inputs = {n: np.zeros((1, B) + i.shape, self.dtype) for n, i in self.step.signals.items() if i.role == "input"}
+        initial = {n: np.zeros((i.history, B) + i.shape, self.dtype) for n, i in self.step.signals.items() if i.history}
+        batch = Batch(1, B, params, inputs, np.ones(B, np.int64), initial, self.dtype)
+        if self.step.loss is not None:
+            self.loss_and_grad(batch)
+        else:
+            self.forward(batch)
+
+    def _call(self, function: str, args: list):
+        try:
+            return getattr(self.module, function)(*args)
+        except numba.core.errors.NumbaError as e:
+            raise Unsupported(f"Numba could not compile the generated {function}: {str(e).splitlines()[0]}") from e
+
+    def _arguments(self, function: str, batch: Batch) -> tuple[list, dict, dict]:
+        """The kernel's arguments: sizes, lengths, the workspace, each signal's timeline as
+        (rows, n), then the parameters. ``loss_and_grad`` reuses its buffers between calls."""
+        reuse = self._buffers.setdefault(function, {}) if function == "loss_and_grad" else None
+        ext, pre = timelines(self.step, batch, flat=True, dtype=self.dtype, reuse=reuse)
+        args = [batch.T, batch.B, np.ascontiguousarray(batch.lengths, dtype=np.int64)]
+        if self.kernels.work[function]:
+            need = getattr(self.module, f"work_size_{function}")(batch.T, batch.B)
+            work = self._work.get(function)
+            if work is None or work.size < need:
+                work = self._work[function] = np.empty(max(need, 1), self.dtype)
+            args.append(work)
+        for name in self.kernels.args[function]:
+            a = ext.get(name)
+            if a is None:   # forward() without the loss's targets: never read
+                a = np.zeros((batch.T, batch.B) + self.step.signals[name].array_shape, self.dtype)
+            args.append(np.ascontiguousarray(a.reshape((-1,) + a.shape[2:]), dtype=self.dtype))
+            ext[name] = args[-1]
+        for p, shape in self.kernels.params.items():
+            value = np.asarray(batch.params[p], dtype=self.dtype)
+            args.append(self.dtype.type(value) if shape == () else
+                        np.ascontiguousarray(value.reshape(shape[:1] if shape[1:] == (1,) else shape)))
         return args, ext, pre
 
     def forward(self, batch: Batch) -> tuple[dict, dict]:
-        args, ext, pre = self._arrays(batch, with_grad=False)
-        outs = self.module.forward(*args)
-        states = {s: ext[s][pre[s]:pre[s] + batch.T] for s in self.step.states}
+        args, ext, pre = self._arguments("forward", batch)
+        outs = self._call("forward", args)
+        T, B = batch.T, batch.B
+        states = {}
+        for s in self.step.states:
+            a = ext[s].reshape((-1, B) + self.step.signals[s].shape)
+            states[s] = a[pre[s]:pre[s] + T]
         outputs = {}
         for (o, node), value in zip(self.step.outputs.items(), outs):
-            value = value.reshape((batch.T, batch.B) + value.shape[1:])
+            value = value.reshape((T, B) + node.shape)
             outputs[o] = np.where(batch.valid.reshape(batch.valid.shape + (1,) * (value.ndim - 2)), value, 0)
         return states, outputs
 
     def loss_and_grad(self, batch: Batch) -> tuple[float, dict]:
-        args, _, _ = self._arrays(batch, with_grad=True)
-        loss, *grads = self.module.loss_and_grad(*args)
+        args, _, _ = self._arguments("loss_and_grad", batch)
+        loss, *grads = self._call("loss_and_grad", args)
         return float(loss), dict(zip(self.kernels.params, grads))

@@ -127,11 +127,73 @@ def emap(expr, args: Sequence[Node], shape: Shape | None = None) -> Node:
 
 
 def add(*xs: Node | None) -> Node | None:
-    """Sum of the given nodes; ``None`` stands for zero."""
-    xs = [x for x in xs if x is not None]
+    """Sum of the given nodes; ``None`` stands for zero. Stacks whose blocks line up add block
+    by block, so the cotangents of a stack's slices (``take``) come back as one stack."""
+    xs = [x for x in xs if x is not None and not _is_zero(x)]
     if not xs:
         return None
-    return xs[0] if len(xs) == 1 else emap(sum(X(i) for i in range(len(xs))), xs)
+    if len(xs) == 1:
+        return xs[0]
+    xs = _factor_products(xs)
+    if len(xs) == 1:
+        return xs[0]
+    return _add_blocks(xs) or emap(sum(X(i) for i in range(len(xs))), xs)
+
+
+def _factor_products(xs: list) -> list:
+    """``A x + A y`` as ``A (x + y)`` (and ``x A + y A`` as ``(x + y) A``): one product
+    instead of several (a weight shared by two cotangents, a vector by two outer products)."""
+    for side in (0, 1):
+        groups: dict = {}
+        for x in xs:
+            if x.op == "matmul":
+                groups.setdefault(x.args[side], []).append(x)
+        if not any(len(g) > 1 for g in groups.values()):
+            continue
+        out = []
+        for x in xs:
+            group = groups.get(x.args[side]) if x.op == "matmul" else None
+            if group is None or len(group) == 1:
+                out.append(x)
+            elif x is group[0]:
+                other = add(*(g.args[1 - side] for g in group))
+                out.append(matmul(x.args[0], other) if side == 0 else matmul(other, x.args[1]))
+        xs = out
+    return xs
+
+
+def _is_zero(x: Node) -> bool:
+    return x.op == "const" and x.attr == 0
+
+
+def _add_blocks(xs: list) -> Node | None:
+    """Σ of stacks (``concat``) as one stack of sums, if no block of one crosses a boundary
+    of another; else None."""
+    if any(x.op != "concat" for x in xs):
+        return None
+    cuts = set()
+    spans = []   # per stack: [(lo, hi, part)]
+    for x in xs:
+        lo, parts = 0, []
+        for part in x.args:
+            parts.append((lo, lo + part.shape[0], part))
+            lo += part.shape[0]
+        spans.append(parts)
+        cuts.update(hi for _, hi, _ in parts)
+    cuts = sorted(cuts | {0})
+    blocks = {}
+    for parts in spans:
+        for lo, hi, part in parts:
+            if _is_zero(part):
+                continue
+            if any(lo < c < hi for c in cuts):
+                return None
+            blocks.setdefault(lo, []).append(part)
+    cols = xs[0].shape[1]
+    out = []
+    for lo, hi in zip(cuts, cuts[1:]):
+        out.append(add(*blocks[lo]) if lo in blocks else zeros((hi - lo, cols)))
+    return concat(*out)
 
 
 def mul(a: Node, b: Node) -> Node:
@@ -151,8 +213,18 @@ def concat(*parts: Node) -> Node:
 
 
 def take(a: Node, lo: int, hi: int) -> Node:
-    """Rows ``lo:hi`` of a matrix."""
-    return a if (lo, hi) == (0, a.shape[0]) else _make("take", (a,), (lo, hi))
+    """Rows ``lo:hi`` of a matrix; of a stack, the block that spans exactly those rows."""
+    if (lo, hi) == (0, a.shape[0]):
+        return a
+    if a.op == "concat":
+        start = 0
+        for part in a.args:
+            if (start, start + part.shape[0]) == (lo, hi):
+                return part
+            start += part.shape[0]
+    if a.op == "const":
+        return const(a.attr, (hi - lo, a.shape[1]))
+    return _make("take", (a,), (lo, hi))
 
 
 def total(a: Node) -> Node:
@@ -521,10 +593,12 @@ LEAVES = ("read", "param", "var")
 
 # ---------------------------------------------------------------- interpreters
 
-def toposort(roots: Iterable[Node], stop: Iterable[Node] = ()) -> list[Node]:
+def toposort(roots: Iterable[Node], stop: Iterable[Node] | Callable[[Node], bool] = ()) -> list[Node]:
     """All nodes reachable from ``roots``, arguments before their users (no recursion);
-    the arguments of ``stop`` nodes are not followed."""
-    order, seen, stop = [], set(), set(stop)
+    the arguments of ``stop`` nodes (a collection or a predicate) are not followed."""
+    order, seen = [], set()
+    if not callable(stop):
+        stop = set(stop).__contains__
     for root in roots:
         stack = [(root, False)]
         while stack:
@@ -534,7 +608,7 @@ def toposort(roots: Iterable[Node], stop: Iterable[Node] = ()) -> list[Node]:
             elif node not in seen:
                 seen.add(node)
                 stack.append((node, True))
-                if node not in stop:
+                if not stop(node):
                     stack.extend((a, False) for a in reversed(node.args) if a not in seen)
     return order
 
@@ -551,13 +625,15 @@ def evaluate(roots: Iterable[Node], leaf: Callable[[Node], np.ndarray],
     return values
 
 
-def vjp(seeds: Mapping[Node, Node]) -> dict[Node, Node]:
+def vjp(seeds: Mapping[Node, Node], stop: Iterable[Node] = ()) -> dict[Node, Node]:
     """Reverse mode over the IR: the cotangent of every node reached, given the cotangents
-    ``seeds`` of some roots. Contributions add up where a node has several users."""
+    ``seeds`` of some roots. Contributions add up where a node has several users; nothing is
+    sent on from the ``stop`` nodes."""
     ct: dict[Node, Node] = dict(seeds)
-    for node in reversed(toposort(seeds)):
+    stop = set(stop)
+    for node in reversed(toposort(seeds, stop)):
         g = ct.get(node)
-        if g is None or not node.args:
+        if g is None or not node.args or node in stop:
             continue
         for a, ga in zip(node.args, OPS[node.op].vjp(node, g)):
             if ga is not None:
@@ -577,17 +653,30 @@ def jvp(roots: Sequence[Node], tangents: Mapping[Node, Node]) -> list[Node | Non
 
 def substitute(roots: Sequence[Node], mapping: Mapping[Node, Node]) -> list[Node]:
     """``roots`` with every occurrence of a key of ``mapping`` replaced by its value."""
-    new: dict[Node, Node] = dict(mapping)
-    for node in toposort(roots):
-        if node not in new:
-            args = tuple(new[a] for a in node.args)
-            new[node] = node if args == node.args else _rebuild(node, args)
+    new = rewrite(roots, mapping)
     return [new[r] for r in roots]
 
 
+def rewrite(roots: Iterable[Node], mapping: Mapping[Node, Node]) -> dict[Node, Node]:
+    """Every node under ``roots`` mapped to its version with the keys of ``mapping`` replaced."""
+    new: dict[Node, Node] = dict(mapping)
+    for node in toposort(roots, stop=mapping):
+        if node not in new:
+            args = tuple(new[a] for a in node.args)
+            new[node] = node if args == node.args else _rebuild(node, args)
+    return new
+
+
 def _rebuild(node: Node, args: tuple) -> Node:
+    """``node`` with new arguments, through the simplifying constructors."""
     if node.op == "map":
         return emap(node.attr, args, node.shape)
+    if node.op == "take":
+        return take(args[0], *node.attr)
+    if node.op == "concat":
+        return concat(*args)
+    if node.op == "transpose":
+        return transpose(args[0])
     return _make(node.op, args, node.attr)
 
 

@@ -2,6 +2,7 @@
 and hands results back in the user's NumPy shapes and the kernel's dtype."""
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
@@ -20,6 +21,7 @@ class Kernel:
 
     def __init__(self, step: Step, backend: str, dtype: str, impl):
         self.step, self.backend, self.dtype, self._impl = step, backend, np.dtype(dtype), impl
+        self._needed: dict = {}   # with_loss -> the inputs a call must give
 
     @property
     def source(self) -> str:
@@ -34,14 +36,17 @@ class Kernel:
     def _prepare(self, params, inputs, lengths, initial, steps, with_loss) -> Batch:
         # the NumPy backends compute in float64 and round results to the kernel's dtype
         dtype = getattr(self._impl, "dtype", np.float64)
-        return prepare(self.step, params, inputs, lengths, initial, with_loss=with_loss, steps=steps, dtype=dtype)
+        if with_loss not in self._needed:
+            self._needed[with_loss] = self.step.inputs_needed(with_loss)
+        return prepare(self.step, params, inputs, lengths, initial, with_loss=with_loss, steps=steps,
+                       dtype=dtype, needed=self._needed[with_loss])
 
     def forward(self, params: dict, inputs: dict | None = None, lengths=None, initial: dict | None = None,
                 *, steps: int | None = None) -> dict:
         """Outputs and states, each ``(T, B, ...)`` under its name. Past a sequence's length a
         forward state keeps its last value and an output is zero."""
         batch = self._prepare(params, inputs, lengths, initial, steps, with_loss=False)
-        with np.errstate(all="ignore"):   # overflow is reported below, in the user's names
+        with np.errstate(all="ignore"), _compile_errors():   # overflow is reported below, in the user's names
             states, outputs = self._impl.forward(batch)
         _check_finite(self.step, batch, states)
         result = {}
@@ -63,7 +68,7 @@ class Kernel:
         if self.step.loss is None:
             raise GraphcompError("the model has no loss: pass loss=... to gc.Recurrence")
         batch = self._prepare(params, inputs, lengths, initial, steps, with_loss=True)
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), _compile_errors():
             loss, grads = self._impl.loss_and_grad(batch)
         bad = [p for p, g in grads.items() if not np.all(np.isfinite(g))]
         if not np.isfinite(loss) or bad:
@@ -81,6 +86,17 @@ class Kernel:
 
     def _out(self, a: np.ndarray, shape: tuple) -> np.ndarray:
         return np.ascontiguousarray(np.reshape(a, shape), dtype=self.dtype)
+
+
+@contextlib.contextmanager
+def _compile_errors():
+    """A kernel compiled at its first call that Numba cannot compile: a GraphcompError."""
+    from .codegen import Unsupported
+    try:
+        yield
+    except Unsupported as e:
+        raise GraphcompError(f"the Numba backend cannot compile this model yet ({e}); "
+                             "use gc.compile(model, backend='reference')") from None
 
 
 def _expand(valid: np.ndarray, like: np.ndarray) -> np.ndarray:
@@ -138,7 +154,7 @@ def export(model, path, dtype: str = "float64") -> Path:
     if not isinstance(step, Step):
         raise GraphcompError(f"gc.export needs a gc.Recurrence, got {type(model).__name__}")
     try:
-        text = KernelSource(step, np.dtype(dtype).name).text
+        text = KernelSource(step, np.dtype(dtype).name).standalone
     except Unsupported as e:
         raise GraphcompError(f"the Numba backend cannot compile this model yet ({e})") from None
     path = Path(path)

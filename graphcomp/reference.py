@@ -21,20 +21,37 @@ def _margins(step: Step, name: str) -> tuple[int, int]:
     return max(0, -min(offs, default=0)), max(0, max(offs, default=0))
 
 
-def timelines(step: Step, batch: Batch, flat: bool = False, dtype=np.float64) -> tuple[dict, dict]:
+def timelines(step: Step, batch: Batch, flat: bool = False, dtype=np.float64,
+              reuse: dict | None = None) -> tuple[dict, dict]:
     """Every signal over its whole time range plus margins, as the step reads it: rows before
     the first step hold ``initial`` values, rows after each sequence's end zeros (or, for a
     state that runs backwards, its ``initial`` values). Also the number of rows before step 1.
-    ``flat`` drops the trailing 1 of column vectors: (rows, B, n) instead of (rows, B, n, 1)."""
+    ``flat`` drops the trailing 1 of column vectors: (rows, B, n) instead of (rows, B, n, 1).
+    An input read only at t is the input array itself. ``reuse``: buffers kept from an earlier
+    call, for a caller that overwrites every step of a forward state (only margins are reset)."""
     ext, pre = {}, {}
+    T, B = batch.T, batch.B
     for name, info in step.signals.items():
         if info.role == "input" and name not in batch.inputs:
             continue
         before, after = _margins(step, name)
         shape = info.array_shape if flat else info.shape
-        buf = np.zeros((before + batch.T + after, batch.B) + shape, dtype)
+        if info.role == "input" and before == after == 0:
+            ext[name], pre[name] = batch.inputs[name].reshape((T, B) + shape), 0
+            continue
+        full = (before + T + after, B) + shape
+        buf = None if reuse is None else reuse.get(name)
+        if buf is None or buf.shape != full or buf.dtype != dtype:
+            buf = np.zeros(full, dtype)
+            if reuse is not None:
+                reuse[name] = buf
+        elif info.role == "state" and info.direction > 0:
+            buf[:before] = 0
+            buf[before + T:] = 0
+        else:
+            buf[...] = 0
         if info.role == "input":
-            buf[before:before + batch.T] = batch.inputs[name].reshape((batch.T, batch.B) + shape)
+            buf[before:before + T] = batch.inputs[name].reshape((T, B) + shape)
         init = batch.initial.get(name)
         if init is not None:
             init = init.reshape(init.shape[:2] + shape)
@@ -42,7 +59,7 @@ def timelines(step: Step, batch: Batch, flat: bool = False, dtype=np.float64) ->
                 buf[:before] = init
             else:   # a backward state's values after each sequence's end
                 for j in range(len(init)):
-                    buf[before + batch.lengths + j, np.arange(batch.B)] = init[j]
+                    buf[before + batch.lengths + j, np.arange(B)] = init[j]
         ext[name], pre[name] = buf, before
     return ext, pre
 
