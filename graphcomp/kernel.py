@@ -20,7 +20,7 @@ class Kernel:
     """Compiled ``forward`` and ``loss_and_grad`` for one model (see ``gc.compile``)."""
 
     def __init__(self, step: Step, backend: str, dtype: str, impl):
-        self.step, self.backend, self.dtype, self._impl = step, backend, np.dtype(dtype), impl
+        self.program, self.backend, self.dtype, self._impl = step, backend, np.dtype(dtype), impl
         self._needed: dict = {}   # with_loss -> the inputs a call must give
 
     @property
@@ -37,8 +37,8 @@ class Kernel:
         # the NumPy backends compute in float64 and round results to the kernel's dtype
         dtype = getattr(self._impl, "dtype", np.float64)
         if with_loss not in self._needed:
-            self._needed[with_loss] = self.step.inputs_needed(with_loss)
-        return prepare(self.step, params, inputs, lengths, initial, with_loss=with_loss, steps=steps,
+            self._needed[with_loss] = self.program.inputs_needed(with_loss)
+        return prepare(self.program, params, inputs, lengths, initial, with_loss=with_loss, steps=steps,
                        dtype=dtype, needed=self._needed[with_loss])
 
     def forward(self, params: dict, inputs: dict | None = None, lengths=None, initial: dict | None = None,
@@ -48,24 +48,60 @@ class Kernel:
         batch = self._prepare(params, inputs, lengths, initial, steps, with_loss=False)
         with np.errstate(all="ignore"), _compile_errors():   # overflow is reported below, in the user's names
             states, outputs = self._impl.forward(batch)
-        _check_finite(self.step, batch, states)
+        _check_finite(self.program, batch, states)
         result = {}
         for s, a in states.items():
-            info = self.step.signals[s]
+            info = self.program.signals[s]
             if info.direction > 0:   # a forward state stops changing past its sequence's end
                 last = a[batch.lengths - 1, np.arange(batch.B)]
                 a = np.where(_expand(batch.valid, a), a, last[None])
             result[s] = self._out(a, (batch.T, batch.B) + info.array_shape)
         for o, a in outputs.items():
-            shape = self.step.outputs[o].shape
+            shape = self.program.outputs[o].shape
             result[o] = self._out(a, (batch.T, batch.B) + (shape[:1] if shape[1:] == (1,) else shape))
         return result
+
+    def step(self, params: dict, state: dict | None = None, inputs: dict | None = None) -> tuple[dict, dict]:
+        """One step of the recurrence, for online use. ``state`` holds, for every signal the
+        step reads k steps back, its last k values ``(k, B, ...)``, oldest first (None: zeros);
+        ``inputs`` the inputs at this step, ``(B, ...)`` each. Returns the outputs and states at
+        this step, ``(B, ...)`` each, and the state to pass to the next step."""
+        for name, info in self.program.signals.items():
+            if info.role == "state" and info.direction < 0:
+                raise GraphcompError(f"state {name!r} reads its own future ({name}(t+{max(info.offsets)})), so it "
+                                     "cannot run one step at a time; call forward on the whole sequence")
+            if info.role == "input" and max(info.offsets, default=0) > 0:
+                raise GraphcompError(f"input {name!r} is read at {name}(t+{max(info.offsets)}), a value a step "
+                                     "cannot have yet; call forward on the whole sequence")
+        inputs = {} if inputs is None else inputs
+        if not isinstance(inputs, dict):
+            raise GraphcompError(f"inputs must be a dict name -> array (B, ...), got {type(inputs).__name__}")
+        now = {n: np.asarray(a)[None] for n, a in inputs.items()}   # a sequence of one step
+        result = {n: a[0] for n, a in self.forward(params, now, initial=state, steps=1).items()}
+        B = next(iter(result.values())).shape[0] if result else None
+        new = {}
+        for name, info in self.program.signals.items():
+            k = info.history
+            if not k:
+                continue
+            value = result.get(name) if info.role == "state" else now[name][0]
+            value = np.asarray(value, dtype=self.dtype).reshape((B or len(value),) + info.array_shape)
+            old = None if state is None else state.get(name)
+            old = np.zeros((k,) + value.shape, self.dtype) if old is None else \
+                np.asarray(old, dtype=self.dtype).reshape((k,) + value.shape)
+            new[name] = np.concatenate([old[1:], value[None]])
+        return result, new
+
+    def stream(self, params: dict, state: dict | None = None) -> "Stream":
+        """The recurrence run one step at a time, carrying its state: ``s = k.stream(params)``,
+        then ``s.step({"x": x_t})`` returns the outputs and states at each new step."""
+        return Stream(self, params, state)
 
     def loss_and_grad(self, params: dict, inputs: dict | None = None, lengths=None,
                       initial: dict | None = None, *, steps: int | None = None) -> tuple[float, dict]:
         """The loss L = (1/B) Σ_b Σ_{t ≤ len_b} L_b(t) and its gradient w.r.t. every parameter,
         keyed and shaped like ``params``."""
-        if self.step.loss is None:
+        if self.program.loss is None:
             raise GraphcompError("the model has no loss: pass loss=... to gc.Recurrence")
         batch = self._prepare(params, inputs, lengths, initial, steps, with_loss=True)
         with np.errstate(all="ignore"), _compile_errors():
@@ -74,7 +110,7 @@ class Kernel:
         if not np.isfinite(loss) or bad:
             with np.errstate(all="ignore"):
                 states, _ = self._impl.forward(batch)
-            _check_finite(self.step, batch, states)
+            _check_finite(self.program, batch, states)
             what = f"the gradient of {bad[0]!r}" if bad else "the loss"
             raise GraphcompError(f"{what} is not finite ({loss if not bad else 'inf/nan'}) although every "
                                  "state is: the loss or its derivative overflows (e.g. log of 0); check targets and parameters")
@@ -86,6 +122,22 @@ class Kernel:
 
     def _out(self, a: np.ndarray, shape: tuple) -> np.ndarray:
         return np.ascontiguousarray(np.reshape(a, shape), dtype=self.dtype)
+
+
+class Stream:
+    """A kernel run one step at a time (``Kernel.stream``): ``step(inputs)`` advances it."""
+
+    def __init__(self, kernel: Kernel, params: dict, state: dict | None = None):
+        self.kernel, self.params, self.state = kernel, params, state
+
+    def step(self, inputs: dict | None = None) -> dict:
+        """The outputs and states at the next step, ``(B, ...)`` each."""
+        result, self.state = self.kernel.step(self.params, self.state, inputs)
+        return result
+
+    def reset(self, state: dict | None = None) -> None:
+        """Start again from ``state`` (None: zeros)."""
+        self.state = state
 
 
 @contextlib.contextmanager

@@ -28,6 +28,47 @@ def test_equal_nodes_are_the_same_object():
     assert sum(1 for n in ir.toposort([e]) if n.op == "matmul") == 1
 
 
+def test_sums_of_aligned_stacks_add_block_by_block():
+    g1, g2, g3 = leaf("g1", (2, 1)), leaf("g2", (3, 1)), leaf("g3", (2, 1))
+    z2, z3 = ir.zeros((2, 1)), ir.zeros((3, 1))
+    # the cotangents of the slices of a stack, as reverse mode makes them
+    total = ir.add(ir.concat(g1, z3), ir.concat(ir.zeros((2, 1)), g2), ir.concat(g3, z3))
+    assert total.op == "concat" and total.args[1] is g2
+    assert total.args[0] is ir.add(g1, g3)
+    # a block cut by another stack's boundary: no block structure, a plain sum
+    crossing = ir.add(ir.concat(g1, z3), ir.concat(leaf("g4", (1, 1)), leaf("g5", (4, 1))))
+    assert crossing.op == "map"
+    assert ir.add(z2, g1) is g1 and ir.add(z2) is None
+
+
+def test_products_sharing_a_factor_are_one_product():
+    W, V = ir.param("W", (3, 2)), ir.param("V", (3, 2))
+    a, b = leaf("a", (2, 1)), leaf("b", (2, 1))
+    s = ir.add(ir.matmul(W, a), ir.matmul(W, b))
+    assert s.op == "matmul" and s.args[0] is W and s.args[1] is ir.add(a, b)
+    g = leaf("g", (3, 1))   # outer products sharing a batched vector
+    outer = ir.add(ir.matmul(g, ir.transpose(a)), ir.matmul(leaf("f", (3, 1)), ir.transpose(a)))
+    assert outer.op == "matmul" and outer.args[1] is ir.transpose(a)
+    assert ir.add(ir.matmul(W, a), ir.matmul(V, b)).op == "map"   # nothing shared
+
+
+def test_take_of_a_stack_is_the_block():
+    a, b = leaf("a", (2, 1)), leaf("b", (3, 1))
+    stack = ir.concat(a, b)
+    assert ir.take(stack, 0, 2) is a and ir.take(stack, 2, 5) is b
+    assert ir.take(stack, 1, 3).op == "take"
+    assert ir.take(ir.zeros((5, 1)), 1, 3) is ir.zeros((2, 1))
+
+
+def test_vjp_stops_at_stop_nodes():
+    W = ir.param("W", (2, 2))
+    stack = ir.concat(W, ir.param("V", (1, 2)))
+    y = ir.total(ir.matmul(stack, leaf("x", (2, 1))))
+    ct = ir.vjp({y: ir.const(1)}, stop=[stack])
+    assert stack in ct and W not in ct
+    assert W in ir.vjp({y: ir.const(1)})
+
+
 def test_emap_simplifies():
     a, b = leaf("a", ()), leaf("b", ())
     assert ir.emap(X(0), [a]) is a                                    # a bare argument
