@@ -40,6 +40,28 @@ def median_ms(fn, repeat: int) -> float:
     return 1e3 * float(np.median(times))
 
 
+def interleaved_ms(fns: dict, rounds: int, budget: float = 20.0) -> dict:
+    """Median milliseconds of each function, timed in rounds (each function once per round,
+    an idle gap between functions for BLAS threads to settle), so that the machine's drift
+    over a run affects every peer alike. A function slower than ``budget`` seconds per round
+    in total runs fewer rounds."""
+    times: dict = {name: [] for name in fns}
+    for name, fn in fns.items():   # warm up, and learn how slow each one is
+        start = time.perf_counter()
+        fn()
+        times[name].append(time.perf_counter() - start)
+        time.sleep(0.1)
+    for r in range(rounds):
+        for name, fn in fns.items():
+            if r > 0 and sum(times[name]) > budget:
+                continue
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+            time.sleep(0.1)
+    return {name: 1e3 * float(np.median(t[1:] or t)) for name, t in times.items()}
+
+
 # ---------------------------------------------------------------- models
 
 def elman_model(D, H, O):
@@ -228,9 +250,9 @@ def jax_peer(kind, P, X, Y, dtype):
 
 # ---------------------------------------------------------------- one size
 
-def matmul_peak() -> float:
-    """GFLOP/s of a large float64 matrix product (NumPy's BLAS), the machine's reference peak."""
-    a = np.random.default_rng(0).normal(size=(1024, 1024))
+def matmul_peak(dtype) -> float:
+    """GFLOP/s of a large matrix product (NumPy's BLAS): the machine's reference peak."""
+    a = np.random.default_rng(0).normal(size=(1024, 1024)).astype(dtype)
     ms = median_ms(lambda: a @ a, 5)
     return 2 * 1024 ** 3 / (ms * 1e-3) / 1e9
 
@@ -281,8 +303,8 @@ def run_size(kind, size, dtype, repeat, peak):
     if j is not None:
         assert np.isclose(float(j()), loss, rtol=1e-3 if dtype == np.float32 else 1e-9), "jax disagrees"
         peers["jax jit(scan)"] = j
-    ms_ours = median_ms(ours, repeat)
-    times = {name: median_ms(fn, max(1, repeat if name != "torch eager loop" else 1)) for name, fn in peers.items()}
+    times = interleaved_ms({"graphcomp": ours, **peers}, repeat)
+    ms_ours = times.pop("graphcomp")
     fastest = min(times, key=times.get) if times else None
     row = {"case": label, "dtype": np.dtype(dtype).name, "graphcomp ms": ms_ours, "compile s": compile_s,
            "peers": times, "fastest": fastest,
@@ -292,22 +314,38 @@ def run_size(kind, size, dtype, repeat, peak):
     return row
 
 
-def compile_times() -> tuple[float, float]:
-    """Cold and cached compile time of the LSTM (small) in fresh processes."""
+def compile_times() -> dict:
+    """gc.compile of the small LSTM in fresh processes: with an empty cache (the runtime's
+    fast functions compile too, once per machine), for a model not seen before (runtime
+    cached), and for a model compiled before (loaded from the cache); and, of that, what
+    Numba's own start-up costs (the first compile of any function in a process)."""
     import tempfile
     code = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
         from bench import lstm_model
         import graphcomp as gc
-        m = lstm_model(32, 64, 32)
-        start = time.perf_counter(); gc.compile(m); print(time.perf_counter() - start)
+        from numba import njit
+        H = int(sys.argv[1])
+        start = time.perf_counter()
+        if sys.argv[2] == "warm":
+            njit(lambda x: x + 1)(1.0)
+        warm = time.perf_counter()
+        gc.compile(lstm_model(32, H, 32))
+        print(warm - start, time.perf_counter() - warm)
     """)
-    with tempfile.TemporaryDirectory() as cache:
+
+    def run(cache, H, warm="cold"):
         env = dict(os.environ, XDG_CACHE_HOME=cache)
-        cold = float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
-        warm = float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
-    return cold, warm
+        out = subprocess.run([sys.executable, "-c", code, str(H), warm], env=env, capture_output=True, text=True, check=True)
+        return [float(v) for v in out.stdout.split()]
+    with tempfile.TemporaryDirectory() as cache:
+        empty = run(cache, 64)[1]
+        new_model = run(cache, 48)[1]
+        cached = run(cache, 64)[1]
+        numba_start, cached_warm = run(cache, 64, "warm")
+    return {"empty cache": empty, "new model": new_model, "cached": cached, "cached, Numba started": cached_warm,
+            "Numba start-up": numba_start}
 
 
 def main() -> None:
@@ -316,10 +354,10 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="*", default=["float64", "float32"])
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
-    peak = matmul_peak()
-    print(f"matmul peak (NumPy BLAS, 1024², float64): {peak:.1f} GFLOP/s")
-    cold, warm = compile_times()
-    print(f"compile time, LSTM small: cold {cold:.2f} s, cached {warm:.2f} s (fresh processes)")
+    peaks = {dtype: matmul_peak(np.dtype(dtype)) for dtype in args.dtypes}
+    print("matmul peak (NumPy BLAS, 1024²): " + ", ".join(f"{d} {p:.1f} GFLOP/s" for d, p in peaks.items()))
+    times = compile_times()
+    print("gc.compile of the LSTM (small), fresh processes: " + ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
     print()
     print("| case | dtype | graphcomp ms | fastest peer | peer ms | ratio (peer / graphcomp) | of matmul peak | other peers ms |")
     print("|---|---|---|---|---|---|---|---|")
@@ -332,7 +370,7 @@ def main() -> None:
             else:
                 jobs += [("elman", size)] + ([("lstm", size)] if size != "large" else [])
         for kind, size in jobs:
-            r = run_size(kind, size, dt, args.repeat, peak)
+            r = run_size(kind, size, dt, args.repeat, peaks[dtype])
             others = ", ".join(f"{n} {v:.2f}" for n, v in r["peers"].items() if n != r["fastest"])
             fastest = r["fastest"] or "-"
             peer_ms = f"{r['peers'][r['fastest']]:.2f}" if r["fastest"] else "-"
