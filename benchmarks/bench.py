@@ -41,25 +41,31 @@ def median_ms(fn, repeat: int) -> float:
 
 
 def interleaved_ms(fns: dict, rounds: int, budget: float = 20.0) -> dict:
-    """Median milliseconds of each function, timed in rounds (each function once per round,
-    an idle gap between functions for BLAS threads to settle), so that the machine's drift
-    over a run affects every peer alike. A function slower than ``budget`` seconds per round
-    in total runs fewer rounds."""
-    times: dict = {name: [] for name in fns}
-    for name, fn in fns.items():   # warm up, and learn how slow each one is
-        start = time.perf_counter()
+    """Median milliseconds per call of each function, in rounds: each round gives every
+    function an idle gap (for the previous peer's BLAS and OpenMP threads to stop spinning on
+    the 2 cores) and then a burst of calls (at least 3, at least 50 ms), whose median is that
+    round's time. The result is the median over rounds, so the machine's drift over a run
+    affects every peer alike. A function slower than ``budget`` seconds in all runs fewer
+    rounds."""
+    per_round: dict = {name: [] for name in fns}
+    spent = dict.fromkeys(fns, 0.0)
+    for name, fn in fns.items():   # warm up
         fn()
-        times[name].append(time.perf_counter() - start)
-        time.sleep(0.1)
     for r in range(rounds):
         for name, fn in fns.items():
-            if r > 0 and sum(times[name]) > budget:
+            if r > 0 and spent[name] > budget:
                 continue
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-            time.sleep(0.1)
-    return {name: 1e3 * float(np.median(t[1:] or t)) for name, t in times.items()}
+            time.sleep(0.3)
+            calls, start = [], time.perf_counter()
+            while len(calls) < 3 or time.perf_counter() - start < 0.05:
+                t0 = time.perf_counter()
+                fn()
+                calls.append(time.perf_counter() - t0)
+                if calls[-1] > 1.0:   # a slow peer: one call is a burst
+                    break
+            spent[name] += time.perf_counter() - start
+            per_round[name].append(float(np.median(calls)))
+    return {name: 1e3 * float(np.median(t)) for name, t in per_round.items()}
 
 
 # ---------------------------------------------------------------- models

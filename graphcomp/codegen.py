@@ -291,8 +291,10 @@ class Consts:
             value = f"np.dot(np.reshape({a[0]}, {x.shape}), np.reshape({a[1]}, {y.shape})).reshape({layout})"
         elif n.op == "transpose":
             value = a[0] if 1 in n.shape else f"{a[0]}.T"
-        elif n.op == "concat":
-            value = f"np.concatenate(({', '.join(a)},))"
+        elif n.op == "concat":   # a matrix stacks its parts as 2-D, rows included
+            parts = a if 1 in n.shape else [f"np.reshape({x}, {p.shape})" if 1 in p.shape else x
+                                            for x, p in zip(a, n.args)]
+            value = f"np.concatenate(({', '.join(parts)},))"
         elif n.op == "take":
             value = f"{a[0]}[{n.attr[0]}:{n.attr[1]}]"
         elif n.op == "total":
@@ -359,6 +361,8 @@ class Region:
         self.zero = _Printer(fn.dtype).literal(0)
         self.homes: dict = {}        # node -> Home of everything materialized here
         self.loop_shifts: set = set()  # views of step rows the enclosing time loop must define
+        self.written: set = set()      # arrays this region writes
+        self.nest_written: set = set()
         self.local: dict = {}
         self.flags: set = set()
 
@@ -412,10 +416,17 @@ class Region:
         """An elementwise vector: computed in a loop over components, kept in a local."""
         return self.kind.get(n) == "map" and not _scalar_like(n)
 
-    def _inside(self, n: Node) -> list:
-        """The arguments of ``n`` computed in the same nest."""
-        return [a for a in {resolve(a) for a in n.args}
-                if a in self.nest and self.nest[a] == self.nest[n]]
+    def _inside(self, n: Node) -> tuple:
+        """The arguments of ``n`` computed in the same nest: those ``n`` can read from the loop
+        computing them, and those read through a slice (``take``) of one, from its home."""
+        direct, sliced = [], []
+        for a in {resolve(a) for a in n.args}:
+            via = False
+            while self.kind.get(a) == "take":
+                a, via = resolve(a.args[0]), True
+            if a in self.nest and self.nest[a] == self.nest[n]:
+                (sliced if via else direct).append(a)
+        return direct, sliced
 
     def _schedule(self) -> None:
         self.ready, self.nest, self.level, self.fused = {}, {}, {}, {}
@@ -436,26 +447,27 @@ class Region:
                 base = resolve(n.args[0])
                 self.level[n] = self.level.get(base, -1)
                 continue
-            inside = self._inside(n)
+            inside, sliced = self._inside(n)
             vectors = [a for a in inside if not _scalar_like(a)]
             scalars = max((self.level[a] for a in inside if _scalar_like(a)), default=0)
+            later = [self.level[a] + 1 for a in sliced]   # read from a home, once its loop is done
             if k == "map" and not _scalar_like(n):
                 same = [self.level[a] for a in vectors if self._fusable(a) and _length(a.shape) == _length(n.shape)]
                 other = [self.level[a] + 1 for a in vectors if not (self._fusable(a) and _length(a.shape) == _length(n.shape))]
-                self.level[n] = max([scalars, *same, *other])
+                self.level[n] = max([scalars, *same, *other, *later])
             elif k == "concat":
-                self.level[n] = max([0, *(self.level[a] if self._fusable(a) else self._copy_level(a) for a in inside)])
+                self.level[n] = max([0, *later, *(self.level[a] if self._fusable(a) else self._copy_level(a) for a in inside)])
             elif k == "map":
-                self.level[n] = scalars
+                self.level[n] = max([scalars, *later])
             else:
                 loops = {(self.level[a], _length(a.shape)) for a in vectors}
-                whole = len(vectors) == len({resolve(a) for a in n.args if a.batched})
+                whole = not sliced and len(vectors) == len({resolve(a) for a in n.args if a.batched})
                 if k in ("total", "dot") and whole and len(loops) == 1 and all(map(self._fusable, vectors)) \
                         and scalars <= next(iter(loops))[0]:
                     self.fused[n] = next(iter(loops))
                     self.level[n] = self.fused[n][0] + 1
                 else:
-                    self.level[n] = max([scalars, *(self.level[a] + 1 for a in vectors)])
+                    self.level[n] = max([scalars, *later, *(self.level[a] + 1 for a in vectors)])
 
     def _copy_level(self, a: Node) -> int:
         """The level at which a value that is not a fusable local can be copied."""
@@ -506,7 +518,7 @@ class Region:
                 continue
             width = _width(n)
             fits = [s for s in stores.get(n, []) if s.home.col == 0 and s.home.width == width
-                    and (self.kind[n] not in ("gemm", "concat") or s.guard != "keep")]
+                    and (self.kind[n] == "map" or s.guard is None or self.kind[n] == "concat" and s.guard == "zero")]
             if fits:
                 self.homes[n] = fits[0].home
                 self.satisfied.add(fits[0])
@@ -563,22 +575,33 @@ class Region:
         return self.read(n.args[0], i, n)
 
     def _store(self, sink: Sink, value: str, i: str) -> None:
+        """Store a value; past a sequence's end (``ok`` false) a guarded sink keeps its old
+        value or gets zero: by a select per store in a nest of scalars (it vectorizes across
+        rows), else by one branch per row (``_rows_loop``), the zeros written in its else."""
         target = self._at(sink.home, i)
-        if sink.guard == "keep":
+        self.written.add(sink.home.array)
+        self.nest_written.add(sink.home.array)
+        if sink.guard:
+            self.flags.add("ok")
+        if sink.guard and self.branch:
+            if sink.guard == "zero" and sink.op == "=":
+                self.zeros.append((sink.home, i, self.length if i == "i" else None))
+        elif sink.guard == "keep":
             value = f"{value} if ok else {target}"
         elif sink.guard == "zero":
             value = f"({value} if ok else {self.zero})"
-        if sink.guard:
-            self.flags.add("ok")
         self.fn.line(f"{target} {sink.op} {value}")
 
     # -------------------------------------------------------- emission
     @contextmanager
-    def _rows_loop(self):
+    def _rows_loop(self, branch: bool = False):
         """``for r in range(B)`` (outside time loops: inside ``for tt in range(T)``), then the
-        definitions the body turned out to need: step rows, the validity flag, the loss weight."""
+        definitions the body turned out to need: step rows, the validity flag, the loss weight.
+        ``branch``: the body runs only for rows within their sequence (``if ok:``), an ``else``
+        writes the zeros of its guarded stores."""
         fn = self.fn
-        self.shifts, self.flags = set(), set()
+        self.shifts, self.flags, self.branch, self.zeros = set(), set(), branch, []
+        self.nest_written = set()
         depth, start = fn.depth, len(fn.lines)
         if not self.time:
             fn.line("for tt in range(T):")
@@ -592,13 +615,26 @@ class Region:
             row = []
             if self.flags & {"ok", "wt"}:
                 row.append(f"ok = {'t' if self.time else 'tt + 1'} <= lengths[r]")
-            if "wt" in self.flags:
+            if branch and "ok" in self.flags:
+                body = ["    " + line for line in fn.lines[top:]]
+                fn.lines[top:] = ["    " * fn.depth + "if ok:"] + body
+                if self.zeros:
+                    inner = "    " * (fn.depth + 1)
+                    fn.lines.append("    " * fn.depth + "else:")
+                    fn.lines += [inner + f"{home.at(i)} = {self.zero}" for home, i, n in self.zeros if n is None]
+                    for n in dict.fromkeys(n for _, _, n in self.zeros if n is not None):
+                        fn.lines.append(inner + f"for i in range({n}):")
+                        fn.lines += [inner + f"    {home.at('i')} = {self.zero}" for home, _, m in self.zeros if m == n]
+                if "wt" in self.flags:
+                    row.append("wt = inv_B")
+            elif "wt" in self.flags:
                 row.append(f"wt = inv_B if ok else {self.zero}")
             fn.lines[top:top] = ["    " * fn.depth + text for text in row]
             if self.time:
                 self.loop_shifts |= self.shifts
             elif self.shifts:
-                fn.lines[start + 1:start + 1] = ["    " * (depth + 1) + d for d in _row_defs(self.shifts, "tt")]
+                fn.lines[start:], views = _direct(fn.lines[start:], self.shifts, self.nest_written)
+                fn.lines[start + 1:start + 1] = ["    " * (depth + 1) + d for d in _row_defs(self.shifts, views, "tt")]
             fn.depth = depth
 
     def _emit(self, sinks: list) -> None:
@@ -624,7 +660,9 @@ class Region:
                 self._gemm(g)
             members = [n for n in self.order if self.nest.get(n) == p]
             if members or p in copies:
-                with self._rows_loop():
+                vectors = any(self._fusable(n) for n in members) or any(
+                    not _scalar_like(n) for level in copies.get(p, {}).values() for n in level if n.shape != ())
+                with self._rows_loop(branch=vectors):
                     self._nest(members, copies.get(p, {}), todo)
 
     def _nest(self, members: list, copies: dict, todo: dict) -> None:
@@ -646,6 +684,7 @@ class Region:
                 for red in reductions:
                     self.local[red] = fn.fresh("s")
                     fn.line(f"{self.local[red]} = {self.zero}")
+                self.length = length
                 with fn.block(f"for i in range({length}):"):
                     for n in nodes:
                         self.local[n] = fn.fresh("e")
@@ -653,7 +692,7 @@ class Region:
                         for s in todo.get(n, []):
                             self._store(s, self.local[n], "i")
                         if n in self.homes and not any(s.home == self.homes[n] for s in todo.get(n, [])):
-                            fn.line(f"{self._at(self.homes[n], 'i')} = {self.local[n]}")
+                            self._store(Sink(n, self.homes[n], "=", self.guards.get(n)), self.local[n], "i")
                     for red in reductions:
                         fn.line(f"{self.local[red]} += {self._reduced(red, 'i')}")
                 for red in reductions:
@@ -686,7 +725,7 @@ class Region:
         for s in sinks:
             self._store(s, self.local[n], "0")
         if n in self.homes and not any(s.home == self.homes[n] for s in sinks):
-            self.fn.line(f"{self._at(self.homes[n], '0')} = {self.local[n]}")
+            self._store(Sink(n, self.homes[n], "=", self.guards.get(n)), self.local[n], "0")
 
     def _copy(self, n: Node, sinks: list) -> None:
         """Store a value that is not a local of this nest into its sinks."""
@@ -695,6 +734,7 @@ class Region:
             for s in sinks:
                 self._store(s, self.read(n, "0"), "0")
             return
+        self.length = width
         with self.fn.block(f"for i in range({width}):"):
             for s in sinks:
                 self._store(s, self.read(n, "i"), "i")
@@ -719,11 +759,13 @@ class Region:
         M = self.consts.name(m)
         matrix = 1 not in m.shape
         whole = src.col == 0 and src.width == k and out.col == 0 and out.width == width
+        self.written.add(out.array)
         if matrix and whole:
             self.fn.line(f"_mm({self._block(src)}, {M}, {self._block(out)})")
             return
         element = f"{M}[q, j]" if matrix else (f"{M}[j]" if m.shape[0] == 1 else f"{M}[q]")
         with self._rows_loop():
+            self.nest_written.add(out.array)
             target = self._at(out, "j")
             with self.fn.block(f"for j in range({width}):"):
                 self.fn.line(f"{target} = {self.zero}")
@@ -743,12 +785,30 @@ def _view_name(rows: tuple) -> str:
     return f"{_row_name(shift, ring)}_{array}"
 
 
-def _row_defs(views: set, step: str) -> list:
-    """Lines defining the first rows of the steps used (``step`` is ``tt``, or ``t - 1`` in a
-    time loop), then a view of each array's block of B rows: separate views let Numba
-    vectorize a loop that reads one step of an array and writes another."""
+def _direct(lines: list, used: set, written: set) -> tuple:
+    """Index an array directly (``a[b1 + r]``) unless the loops write it and read it at more
+    than one step: views are for LLVM to see distinct arrays, and each costs compile time.
+    Returns the rewritten lines and the views still needed."""
+    steps: dict = {}
+    for key in used:
+        steps.setdefault(key[0], []).append(key)
+    text, views = "\n".join(lines), set()
+    for array, keys in steps.items():
+        if array in written and len(keys) > 1:
+            views.update(keys)
+            continue
+        for key in keys:
+            view, row = _view_name(key), _row_name(key[1], key[2])
+            text = re.sub(rf"\b{view}\[r\b", f"{array}[{row} + r", text)
+            text = re.sub(rf"\b{view}\b", f"{array}[{row}:{row} + B]", text)
+    return text.split("\n"), views
+
+
+def _row_defs(used: set, views: set, step: str) -> list:
+    """Lines defining the first row of each step used (``step`` is ``tt``, or ``t - 1`` in a
+    time loop), then a view of the block of B rows of each array in ``views``."""
     lines = []
-    for shift, ring in sorted({(s, k) for _, s, k in views}):
+    for shift, ring in sorted({(s, k) for _, s, k in used}):
         at = step if shift == 0 else (f"{step} + {shift}" if step == "tt" else
                                       "t" if shift == 1 else f"t + {shift - 1}" if shift > 1 else f"t - {1 - shift}")
         base = f"({at}) % {ring}" if ring else at
@@ -1008,7 +1068,9 @@ class Gradients:
             for coef, a, b in _outer_terms(node):
                 homes = []
                 for f in (a, b):
-                    home = kept.get(f) or region.available(f)
+                    # a cotangent's timeline holds what later steps sent past a sequence's end:
+                    # a factor is copied into a buffer, zero there, unless it already is one
+                    home = kept.get(f) or (None if f.op == "var" else region.available(f))
                     if not (isinstance(home, Home) and home.shift is not None and home.col == 0
                             and not home.rowless and home.width == _length(f.shape)):
                         width = _length(f.shape)
@@ -1214,6 +1276,10 @@ class KernelSource:
         self.args[name] = signals
         args = ["T", "B", "lengths", *(f"ext_{n}" for n in signals), *(f"p_{p}" for p in self.params)]
         fn = Function(name, args, self.dtype)
+        for p, shape in self.params.items():   # the layout the loops read: a vector 1-D, either way up
+            fn.consts.append(f"p_{p} = dtype(p_{p})" if shape == () else
+                             f"p_{p} = np.ascontiguousarray(p_{p}, dtype).reshape({(_length(shape),)})" if 1 in shape else
+                             f"p_{p} = np.ascontiguousarray(p_{p}, dtype)")
         return fn, Consts(fn, fn.consts)
 
     def _hoist(self, fn: Function, consts: Consts, sweeps: list, dep) -> dict:
@@ -1238,7 +1304,8 @@ class KernelSource:
             for home in consumed:   # this step's ring rows are free for step t - K
                 region.loop_shifts.add(home.rows)
                 fn.line(f"_zero({_view_name(home.rows)})")
-            fn.lines[top:top] = ["    " * fn.depth + d for d in _row_defs(region.loop_shifts, "t - 1")]
+            fn.lines[top:], views = _direct(fn.lines[top:], region.loop_shifts, region.written)
+            fn.lines[top:top] = ["    " * fn.depth + d for d in _row_defs(region.loop_shifts, views, "t - 1")]
 
     def _forward_loops(self, fn, consts, sweeps, known, tapes) -> None:
         for sweep, mapping in zip(self.step.sweeps, sweeps):

@@ -84,6 +84,18 @@ def test_repeated_calls_reuse_the_workspace_and_agree(compiled):
     assert first[0] == second[0] and all(np.array_equal(first[1][p], second[1][p]) for p in case.params)
 
 
+def test_one_compiled_signature_serves_every_length_and_batch():
+    case = elman()
+    k = gc.compile(case.model)
+    rng = np.random.default_rng(1)
+    for T, B in ((1, 1), (7, 3), (40, 5)):
+        data = {"x": rng.normal(size=(T, B, 3)), "y": rng.normal(size=(T, B, 2))}
+        k.loss_and_grad(case.params, data, lengths=np.full(B, T, np.int16))
+        k.forward(case.params, data)
+    module = k._impl.module
+    assert len(module._loss_and_grad.signatures) == 1 and len(module._forward.signatures) == 1
+
+
 def test_stream_equals_forward_step_by_step():
     for case in (delays(), lstm()):
         k = gc.compile(case.model)
@@ -154,7 +166,9 @@ def test_lstm_gates_fuse_into_one_product_each_way():
     forward, backward = time_loops(loops_of(source, "loss_and_grad"))
     assert sum("_mm(" in line for line in forward) == 1       # [W_i; W_g; W_f; W_o] h(t-1)
     assert sum("_mm(" in line for line in backward) == 1      # [W_i; W_g; W_f; W_o]ᵀ [δ_i; δ_g; δ_f; δ_o]
-    assert sum(line.startswith("for i in range") for line in forward) == 1   # one fused elementwise loop
+    body = forward[forward.index("if ok:"):forward.index("else:")]            # rows within their sequence
+    assert sum(line.startswith("for i in range") for line in body) == 1       # one fused elementwise loop
+    assert sum(line.count("_vsigmoid(") + line.count("_vtanh(") for line in body) == 5   # σ σ σ tanh tanh
     driver = source[source.index("def loss_and_grad("):]
     assert len(re.findall(r"_mtm\(f\d+\[:R\], ext_h\[:R\]", driver)) == 1   # the four W gradients: one product
     assert "np.concatenate((p_Wi, p_Wg, p_Wf, p_Wo,))" in driver
