@@ -362,6 +362,7 @@ class Region:
         self.homes: dict = {}        # node -> Home of everything materialized here
         self.loop_shifts: set = set()  # views of step rows the enclosing time loop must define
         self.written: set = set()      # arrays this region writes
+        self.across_rows = False       # some loop vectorizes across rows
         self.nest_written: set = set()
         self.local: dict = {}
         self.flags: set = set()
@@ -602,6 +603,7 @@ class Region:
         fn = self.fn
         self.shifts, self.flags, self.branch, self.zeros = set(), set(), branch, []
         self.nest_written = set()
+        self.across_rows |= not branch   # a nest of scalars vectorizes across rows: it needs views
         depth, start = fn.depth, len(fn.lines)
         if not self.time:
             fn.line("for tt in range(T):")
@@ -633,7 +635,7 @@ class Region:
             if self.time:
                 self.loop_shifts |= self.shifts
             elif self.shifts:
-                fn.lines[start:], views = _direct(fn.lines[start:], self.shifts, self.nest_written)
+                fn.lines[start:], views = _direct(fn.lines[start:], self.shifts, self.nest_written, not branch)
                 fn.lines[start + 1:start + 1] = ["    " * (depth + 1) + d for d in _row_defs(self.shifts, views, "tt")]
             fn.depth = depth
 
@@ -785,16 +787,16 @@ def _view_name(rows: tuple) -> str:
     return f"{_row_name(shift, ring)}_{array}"
 
 
-def _direct(lines: list, used: set, written: set) -> tuple:
+def _direct(lines: list, used: set, written: set, across_rows: bool) -> tuple:
     """Index an array directly (``a[b1 + r]``) unless the loops write it and read it at more
-    than one step: views are for LLVM to see distinct arrays, and each costs compile time.
-    Returns the rewritten lines and the views still needed."""
+    than one step, or a loop vectorizes across rows: views are for LLVM to see distinct
+    arrays, and each costs compile time. Returns the rewritten lines and the views needed."""
     steps: dict = {}
     for key in used:
         steps.setdefault(key[0], []).append(key)
     text, views = "\n".join(lines), set()
     for array, keys in steps.items():
-        if array in written and len(keys) > 1:
+        if across_rows or (array in written and len(keys) > 1):
             views.update(keys)
             continue
         for key in keys:
@@ -1304,7 +1306,7 @@ class KernelSource:
             for home in consumed:   # this step's ring rows are free for step t - K
                 region.loop_shifts.add(home.rows)
                 fn.line(f"_zero({_view_name(home.rows)})")
-            fn.lines[top:], views = _direct(fn.lines[top:], region.loop_shifts, region.written)
+            fn.lines[top:], views = _direct(fn.lines[top:], region.loop_shifts, region.written, region.across_rows)
             fn.lines[top:top] = ["    " * fn.depth + d for d in _row_defs(region.loop_shifts, views, "t - 1")]
 
     def _forward_loops(self, fn, consts, sweeps, known, tapes) -> None:
