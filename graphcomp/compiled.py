@@ -12,7 +12,8 @@ import numba
 import numpy as np
 
 from .check import Batch
-from .codegen import KernelSource, Unsupported, runtime_name, runtime_source
+from .codegen import KernelSource, Unsupported
+from .runtime import runtime_name, runtime_source
 from .reference import timelines
 from .step import Step
 
