@@ -112,22 +112,29 @@ def close(a, b, rtol, atol=1e-12):
     return np.allclose(np.asarray(a, float), np.asarray(b, float), rtol=rtol, atol=atol)
 
 
+def assert_agree(kernel, oracle, params, inputs, lengths, initial) -> dict:
+    """The loss, every gradient (and its shape) and every forward value agree; the kernel's
+    gradients come back."""
+    l1, g1 = kernel.loss_and_grad(params, inputs, lengths, initial)
+    l2, g2 = oracle.loss_and_grad(params, inputs, lengths, initial)
+    assert close(l1, l2, 1e-10)
+    for p in params:
+        assert np.shape(g1[p]) == np.shape(params[p])
+        assert close(g1[p], g2[p], 1e-9, 1e-11), p
+    f1 = kernel.forward(params, inputs, lengths, initial)
+    f2 = oracle.forward(params, inputs, lengths, initial)
+    for name in f1:
+        assert close(f1[name], f2[name], 1e-10), name
+    return g1
+
+
 @settings(max_examples=200, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(cases())
 def test_three_ways_agree(case):
     model, params, inputs, lengths, initial = case
     loop, dag = gc.compile(model, backend="reference"), gc.compile(model, backend="unfolded")
-    l1, g1 = loop.loss_and_grad(params, inputs, lengths, initial)
-    l2, g2 = dag.loss_and_grad(params, inputs, lengths, initial)
-    assert close(l1, l2, 1e-10)
-    for p in params:
-        assert np.shape(g1[p]) == np.shape(params[p])
-        assert close(g1[p], g2[p], 1e-9, 1e-11), p
-    f1 = loop.forward(params, inputs, lengths, initial)
-    f2 = dag.forward(params, inputs, lengths, initial)
-    for name in f1:
-        assert close(f1[name], f2[name], 1e-10), name
+    g1 = assert_agree(loop, dag, params, inputs, lengths, initial)
 
     # central differences along a random direction: <∇L, v> = dL(θ + εv)/dε
     rng = np.random.default_rng(0)
@@ -149,13 +156,4 @@ def test_the_compiled_kernel_agrees(case):
     (delays, same-step reads, backward sweeps, row dot products, fused losses, rings)."""
     model, params, inputs, lengths, initial = case
     ref, k = gc.compile(model, backend="reference"), gc.compile(model, backend="numba")
-    l1, g1 = ref.loss_and_grad(params, inputs, lengths, initial)
-    l2, g2 = k.loss_and_grad(params, inputs, lengths, initial)
-    assert close(l2, l1, 1e-10)
-    for p in params:
-        assert np.shape(g2[p]) == np.shape(params[p])
-        assert close(g2[p], g1[p], 1e-9, 1e-11), p
-    f1 = ref.forward(params, inputs, lengths, initial)
-    f2 = k.forward(params, inputs, lengths, initial)
-    for name in f1:
-        assert close(f2[name], f1[name], 1e-10), name
+    assert_agree(k, ref, params, inputs, lengths, initial)
