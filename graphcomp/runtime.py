@@ -52,7 +52,7 @@ def _exp(x):
 
 @njit(cache=True, error_model="numpy")
 def _tanh_small(x):
-    """tanh for |x| < 0.625: an odd approximation (no division in float64 or float32)."""
+    """tanh for |x| < 0.625: an odd rational approximation in float64 (a polynomial in float32)."""
     z = x * x
 {small}
     return x * p / q
@@ -151,13 +151,9 @@ FAST_MATH = {   # exp's range, the rounding shifter 1.5·2^m, the exponent's bit
     q = (((_F(3.00198505138664455042E-6) * rr + _F(2.52448340349684104192E-3)) * rr
           + _F(2.27265548208155028766E-1)) * rr + _F(2.00000000000000000009E0))
     num, den = q + p, q - p""", small="""\
-    z2 = z * z
-    z4 = z2 * z2
-    q = _F(1.0)   # tanh(x)/x = 1 + z Q(z) on |x| < 0.625, a fit within 4 ulp; Estrin's scheme
-    p = ((_F(1.0) + _F(-0.33333333333323917) * z) + (_F(0.13333333332097333) + _F(-0.05396825341514374) * z) * z2
-         + ((_F(0.021869476355604777) + _F(-0.008863081605756613) * z) + (_F(0.0035909218572160715)
-            + _F(-0.0014497477561189825) * z) * z2) * z4
-         + ((_F(0.0005700490331740956) + _F(-0.0001971350985640013) * z) + _F(4.2911606926648414e-05) * z2) * (z4 * z4))"""),
+    q = ((z + _F(1.12811678491632931402E2)) * z + _F(2.23548839060100448583E3)) * z + _F(4.84406305325125486048E3)
+    p = q + z * ((_F(-9.64399179425052238628E-1) * z + _F(-9.92877231001918586564E1)) * z
+                 + _F(-1.61468768441708447952E3))"""),
     "float32": dict(lo=-86.0, hi=89.0, shift=12582912.0, int="int32", bits=23, bias=127,
                     ln2_hi=0.693359375, ln2_lo=-2.12194440e-4, expk="""\
     rr = r * r
