@@ -1,6 +1,7 @@
 """A short tour of graphcomp: declare a recurrence, look at its equations, its derived BPTT
-equations, its unfolded graph and its diagrams, then fit its parameters to a measured series by gradient
-descent with the compiled kernel's loss and gradient."""
+equations, its unfolded graph and its diagrams, then fit its parameters to measured series
+with the trainer (Adam over minibatches of series of unequal lengths, on the compiled
+kernel's loss and gradient)."""
 import time
 from pathlib import Path
 
@@ -60,20 +61,15 @@ kernel = gc.compile(model)
 clean = kernel.forward(true, {"x": X}, lengths)["s"]
 Y = clean + 0.05 * rng.normal(size=clean.shape)
 
-section("6. Fit by gradient descent (Adam) on loss_and_grad")
-params = {"a": 0.0, "b": 0.0, "c": 0.1}
-m = {p: 0.0 for p in params}
-v = {p: 0.0 for p in params}
+section("6. Fit with the trainer: Adam, minibatches of 4 series, a progress bar")
+trainer = gc.Trainer(kernel, gc.optim.Adam(gc.optim.cosine(0.05, 400, 0.005)), clip_norm=10.0)
 start = time.perf_counter()
-for it in range(1, 301):
-    loss, grads = kernel.loss_and_grad(params, {"x": X, "y": Y}, lengths)
-    for p in params:   # Adam, lr 0.05
-        m[p] = 0.9 * m[p] + 0.1 * grads[p]
-        v[p] = 0.999 * v[p] + 0.001 * grads[p] ** 2
-        params[p] -= 0.05 * (m[p] / (1 - 0.9 ** it)) / (np.sqrt(v[p] / (1 - 0.999 ** it)) + 1e-8)
-    if it in (1, 10, 50, 100, 200, 300):
-        print(f"  iteration {it:3d}: loss {loss:10.5f}")
-print(f"  {time.perf_counter() - start:.1f} s with the {kernel.backend!r} backend")
+history = trainer.fit({"a": 0.0, "b": 0.0, "c": 0.1}, {"x": X, "y": Y}, epochs=100, batch_size=4,
+                      lengths=lengths, seed=0)
+params = {p: float(v) for p, v in trainer.params.items()}
+for epoch in (1, 10, 50, 100):
+    print(f"  epoch {epoch:3d}: mean loss per series {history.loss[epoch - 1]:10.5f}")
+print(f"  {time.perf_counter() - start:.1f} s with the {kernel.backend!r} backend, {trainer.steps} updates")
 print("  parameter   true   fitted")
 for p in params:
     print(f"  {p:9s} {true[p]:6.3f} {params[p]:8.3f}")

@@ -7,10 +7,13 @@ from .declare import (concat, cross_entropy, elementwise, exp, hadamard, log, ms
                       sigmoid, signal, t, tanh)
 from .errors import GraphcompError
 from .kernel import Kernel, compile, export
+from . import models
 from .recurrence import Recurrence
+from . import optim
+from .train import History, Trainer
 
 __version__ = "0.1.0"
 
 __all__ = ["t", "signal", "param", "Recurrence", "compile", "export", "Kernel", "GraphcompError", "tanh",
            "sigmoid", "relu", "exp", "log", "elementwise", "hadamard", "concat", "mse",
-           "cross_entropy"]
+           "cross_entropy", "models", "optim", "Trainer", "History"]

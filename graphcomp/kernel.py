@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .check import Batch, prepare
-from .errors import GraphcompError
+from .errors import GraphcompError, NotFinite
 from .reference import BACKENDS
 from .step import Step
 
@@ -112,7 +112,7 @@ class Kernel:
                 states, _ = self._impl.forward(batch)
             _check_finite(self.program, batch, states)
             what = f"the gradient of {bad[0]!r}" if bad else "the loss"
-            raise GraphcompError(f"{what} is not finite ({loss if not bad else 'inf/nan'}) although every "
+            raise NotFinite(f"{what} is not finite ({loss if not bad else 'inf/nan'}) although every "
                                  "state is: the loss or its derivative overflows (e.g. log of 0); check targets and parameters")
         out = {}
         for p, g in grads.items():
@@ -161,7 +161,7 @@ def _check_finite(step: Step, batch: Batch, states: dict) -> None:
         bad = ~np.isfinite(a) & _expand(batch.valid, a)
         if bad.any():
             t, b = (int(i) for i in np.argwhere(bad)[0][:2])
-            raise GraphcompError(f"state {s!r} became {a[t, b].flat[0] if a[t, b].size else a[t, b]} at "
+            raise NotFinite(f"state {s!r} became {a[t, b].flat[0] if a[t, b].size else a[t, b]} at "
                                  f"t={t + 1} in sequence {b}: the recurrence diverges for these parameters "
                                  "and inputs (try smaller weights or shorter sequences)")
 

@@ -1,0 +1,333 @@
+"""Training loops around a compiled kernel: minibatches of variable-length sequences,
+an optimizer, clipping, truncated BPTT, early stopping, progress and checkpoints."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import GraphcompError, NotFinite
+from .kernel import Kernel, compile
+from .optim import Adam, Optimizer, clip
+
+
+@dataclass
+class History:
+    """Per epoch: the mean loss per sequence on the training data (while training) and on
+    the validation data, the learning rate at the epoch's end, and seconds taken."""
+    loss: list = field(default_factory=list)
+    val_loss: list = field(default_factory=list)
+    lr: list = field(default_factory=list)
+    seconds: list = field(default_factory=list)
+    stopped: str = ""   # why training stopped before its last epoch, if it did
+
+
+@dataclass
+class Sequences:
+    """Padded time-major arrays {name: (T, N, ...)} and each sequence's length (N,)."""
+    arrays: dict
+    lengths: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batch(self, index: np.ndarray) -> tuple[dict, np.ndarray]:
+        lengths = self.lengths[index]
+        T = int(lengths.max())
+        return {n: a[:T, index] for n, a in self.arrays.items()}, lengths
+
+
+def sequences(data, lengths=None) -> Sequences:
+    """Training data as ``Sequences``: a dict of padded arrays ``(T, N, ...)`` (with optional
+    ``lengths`` (N,)), or a list of sequences, each a dict of arrays ``(T_i, ...)``."""
+    if isinstance(data, Sequences):
+        return data
+    if isinstance(data, dict):
+        arrays = {n: np.asarray(a) for n, a in data.items()}
+        if not arrays:
+            raise GraphcompError("the data holds no arrays: pass {name: array (T, N, ...)}")
+        T, N = _time_batch(arrays)
+        lengths = np.full(N, T) if lengths is None else np.asarray(lengths)
+        if lengths.shape != (N,) or lengths.min() < 1 or lengths.max() > T:
+            raise GraphcompError(f"lengths must be ({N},) integers in 1..{T} for data of {N} sequences "
+                                 f"of {T} steps, got {lengths!r}")
+        return Sequences(arrays, lengths.astype(np.int64))
+    if isinstance(data, (list, tuple)):
+        if lengths is not None:
+            raise GraphcompError("lengths are taken from a list of sequences; pass lengths only with padded arrays")
+        if not data or not all(isinstance(s, dict) and s for s in data):
+            raise GraphcompError("a list of sequences must hold dicts {name: array (T_i, ...)}, at least one")
+        names = set(data[0])
+        for i, s in enumerate(data):
+            if set(s) != names:
+                raise GraphcompError(f"sequence {i} has arrays {sorted(s)}, sequence 0 has {sorted(names)}")
+        lens = np.array([len(np.asarray(next(iter(s.values())))) for s in data])
+        for i, s in enumerate(data):
+            for n, a in s.items():
+                if len(np.asarray(a)) != lens[i]:
+                    raise GraphcompError(f"sequence {i}: {n!r} has {len(np.asarray(a))} steps, "
+                                         f"{next(iter(s))!r} has {lens[i]}; give every array the same length")
+        if lens.min() < 1:
+            raise GraphcompError(f"sequence {int(np.argmin(lens))} is empty; every sequence needs a step")
+        arrays = {}
+        for n in names:
+            first = np.asarray(data[0][n], np.float64)
+            a = np.zeros((lens.max(), len(data)) + first.shape[1:])
+            for i, s in enumerate(data):
+                a[:lens[i], i] = s[n]
+            arrays[n] = a
+        return Sequences(arrays, lens)
+    raise GraphcompError(f"data must be a dict of padded arrays or a list of sequences, got {type(data).__name__}")
+
+
+def _time_batch(arrays: dict) -> tuple[int, int]:
+    shapes = {n: a.shape[:2] for n, a in arrays.items()}
+    if any(len(s) < 2 for s in shapes.values()) or len(set(shapes.values())) > 1:
+        raise GraphcompError(f"padded arrays must share their first two axes (T, N); got {shapes}")
+    return next(iter(shapes.values()))
+
+
+def model_hash(kernel: Kernel) -> str:
+    """A model's identity for checkpoints: a hash of its step IR and parameter shapes."""
+    step = kernel.program
+    text = step.pretty() + repr(sorted(step.params.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class Trainer:
+    """Fits a model's parameters to data: ``Trainer(model, optimizer=gc.optim.Adam(1e-2))``,
+    then ``trainer.fit(params, data, epochs=10, batch_size=32)``.
+
+    ``clip_norm``/``clip_value`` clip the minibatch gradient (global L2 norm / each value);
+    ``train`` names the parameters to train (the others stay fixed); ``tbptt=k`` cuts each
+    minibatch into chunks of k steps, carries the state across them and updates after each
+    (truncated BPTT with k1 = k2 = k); ``progress`` shows a bar with the loss and minibatches
+    per second; ``callback(epoch, history)`` runs after each epoch and stops training if it
+    returns True."""
+
+    def __init__(self, model, optimizer: Optimizer | None = None, *, clip_norm: float | None = None,
+                 clip_value: float | None = None, train: list | None = None, tbptt: int | None = None,
+                 dtype: str = "float64", progress: bool = True, callback: Callable | None = None):
+        self.kernel = model if isinstance(model, Kernel) else compile(model, dtype=dtype)
+        step = self.kernel.program
+        if step.loss is None:
+            raise GraphcompError("the model has no loss to train: pass loss=... to gc.Recurrence")
+        self.optimizer = optimizer or Adam(1e-3)
+        for what, v in (("clip_norm", clip_norm), ("clip_value", clip_value)):
+            if v is not None and not v > 0:
+                raise GraphcompError(f"{what} must be a positive number, got {v!r}")
+        self.clip_norm, self.clip_value = clip_norm, clip_value
+        self.train = list(step.params) if train is None else list(train)
+        unknown = [p for p in self.train if p not in step.params]
+        if unknown:
+            raise GraphcompError(f"train names unknown parameters {unknown}; the model's are {list(step.params)}")
+        if tbptt is not None:
+            if not isinstance(tbptt, (int, np.integer)) or tbptt < 1:
+                raise GraphcompError(f"tbptt must be a positive number of steps, got {tbptt!r}")
+            backward = [s for s in step.states if step.signals[s].direction < 0]
+            if backward:
+                raise GraphcompError(f"tbptt cuts time into chunks, but state {backward[0]!r} runs backwards in "
+                                     "time (reads t+k) and needs the whole sequence; train it without tbptt")
+        self.tbptt, self.progress, self.callback = tbptt, progress, callback
+        self.params: dict | None = None
+        self.state: dict | None = None   # the optimizer's slots
+        self.steps = 0                   # updates so far
+
+    # ------------------------------------------------------------ fitting
+    def fit(self, params: dict | None, data, epochs: int = 1, batch_size: int = 32, *, lengths=None,
+            validation=None, patience: int | None = None, seed: int = 0) -> History:
+        """Train for ``epochs`` passes over ``data`` in shuffled minibatches of ``batch_size``
+        sequences of similar length. ``params=None`` continues from the trainer's parameters
+        and optimizer state (after ``fit`` or ``load``). ``validation`` (data in the same forms)
+        is evaluated after each epoch; with ``patience`` training stops when it has not
+        improved for that many epochs and the best parameters are kept. The trained
+        parameters are in ``trainer.params``."""
+        if params is None:
+            if self.params is None:
+                raise GraphcompError("no parameters to continue from: pass params, or load a checkpoint first")
+        else:
+            names = list(self.kernel.program.params)
+            missing, unknown = [p for p in names if p not in params], [p for p in params if p not in names]
+            if missing or unknown:
+                raise GraphcompError(f"params must hold the model's parameters {names}: "
+                                     + (f"missing {missing}" if missing else f"unknown {unknown}"))
+            self.params = {p: np.array(v, np.float64) for p, v in params.items()}
+            self.state, self.steps = None, 0
+        if self.state is None:
+            self.state = self.optimizer.init({p: self.params[p] for p in self.train})
+        data = sequences(data, lengths)
+        val = None if validation is None else sequences(validation)
+        if patience is not None and val is None:
+            raise GraphcompError("patience stops on the validation loss: pass validation=... too")
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise GraphcompError(f"batch_size must be a positive integer, got {batch_size!r}")
+        history, best = History(), (np.inf, None)
+        rng = np.random.default_rng(seed)
+        batches_per_epoch = -(-len(data) // batch_size)
+        bar = _bar(epochs * batches_per_epoch, self.progress)
+        try:
+            for epoch in range(epochs):
+                start, total, seen = time.perf_counter(), 0.0, 0
+                for index in _minibatches(data.lengths, batch_size, rng):
+                    total += self._update(*data.batch(index), epoch) * len(index)
+                    seen += len(index)
+                    if bar is not None:   # the epoch's mean loss per sequence so far
+                        bar.update(1)
+                        bar.set_postfix(epoch=epoch + 1, loss=f"{total / seen:.4g}", refresh=False)
+                history.loss.append(total / len(data))
+                history.lr.append(self.optimizer.rate(max(self.steps - 1, 0)))
+                history.seconds.append(time.perf_counter() - start)
+                if val is not None:
+                    history.val_loss.append(self.evaluate(val))
+                    if bar is not None:
+                        bar.set_postfix(epoch=epoch + 1, loss=f"{history.loss[-1]:.4g}",
+                                        val=f"{history.val_loss[-1]:.4g}")
+                    if history.val_loss[-1] < best[0]:
+                        best = (history.val_loss[-1], _copy(self.params), epoch)
+                    elif patience is not None and epoch - best[2] >= patience:
+                        self.params = best[1]
+                        history.stopped = (f"validation loss did not improve for {patience} epochs; "
+                                           f"kept the parameters of epoch {best[2] + 1}")
+                        break
+                if self.callback is not None and self.callback(epoch, history):
+                    history.stopped = f"the callback stopped training after epoch {epoch + 1}"
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        return history
+
+    def evaluate(self, data, params: dict | None = None, batch_size: int = 256) -> float:
+        """The mean loss per sequence over ``data``."""
+        data, params = sequences(data), self.params if params is None else params
+        total = 0.0
+        for index in np.array_split(np.argsort(data.lengths), -(-len(data) // batch_size)):
+            inputs, lengths = data.batch(index)
+            loss, _ = self.kernel.loss_and_grad(params, inputs, lengths=lengths)
+            total += float(loss) * len(index)
+        return total / len(data)
+
+    def _update(self, inputs: dict, lengths: np.ndarray, epoch: int) -> float:
+        """One minibatch: loss and gradient (by chunks under tbptt), clipping, an update per
+        gradient. Returns the minibatch's mean loss per sequence."""
+        T, B = int(lengths.max()), len(lengths)
+        k = self.tbptt or T
+        loss, state = 0.0, None
+        for start in range(0, T, k):
+            live = np.flatnonzero(lengths > start)    # sequences with steps left in this chunk
+            chunk = {n: a[start:start + k][:, live] for n, a in inputs.items()}
+            steps = np.minimum(lengths[live] - start, k)
+            initial = None if state is None else {n: a[:, live] for n, a in state.items()}
+            part, grads = self._loss_and_grad(chunk, steps, initial, epoch, start)
+            share = len(live) / B   # the chunk's part of the minibatch's mean
+            loss += part * share
+            grads = {p: np.array(grads[p], np.float64) * share for p in self.train}
+            clip(grads, self.clip_norm, self.clip_value)
+            if start + k < T:   # the state this chunk ends in, under the parameters it ran with
+                state = self._carry(chunk, steps, initial, state, live, B)
+            self._last_good = _copy(self.params)
+            self.optimizer.update(self.params, grads, self.state, self.steps)
+            self.steps += 1
+        return loss
+
+    def _loss_and_grad(self, inputs, lengths, initial, epoch, start):
+        try:
+            loss, grads = self.kernel.loss_and_grad(self.params, inputs, lengths=lengths, initial=initial)
+        except NotFinite as e:
+            if self.steps == 0:
+                raise
+            self.params = self._last_good
+            raise GraphcompError(f"training diverged in epoch {epoch + 1} after {self.steps} updates: {e}. "
+                                 "trainer.params holds the last parameters whose loss was finite; lower the "
+                                 "learning rate or set clip_norm") from None
+        return float(loss), grads
+
+    def _carry(self, chunk, steps, initial, state, live, B) -> dict:
+        """The history every delayed signal needs at the next chunk's first step: its last
+        values in this chunk (a sequence that ended keeps its final values)."""
+        program = self.kernel.program
+        out = self.kernel.forward(self.params, chunk, lengths=steps, initial=initial)
+        new = {} if state is None else dict(state)
+        for name, info in program.signals.items():
+            h = info.history
+            if not h:
+                continue
+            values = out[name] if info.role == "state" else chunk[name]
+            if name not in new:
+                new[name] = np.zeros((h, B) + values.shape[2:])
+            past = np.concatenate([new[name][:, live], values])   # (h + k, live, ...)
+            ends = h + steps                                      # one past each sequence's last step
+            rows = ends[None, :] - h + np.arange(h)[:, None]      # its last h rows
+            new[name][:, live] = np.take_along_axis(past, rows.reshape(rows.shape + (1,) * (past.ndim - 2)), 0)
+        return new
+
+    # ------------------------------------------------------------ checkpoints
+    def save(self, path) -> Path:
+        """Write the parameters, the optimizer's state and configuration and the model's hash
+        to one ``.npz`` file, atomically (a crash leaves the previous file whole)."""
+        if self.params is None:
+            raise GraphcompError("nothing to save yet: fit the model first")
+        path = Path(path)
+        meta = {"model": model_hash(self.kernel), "optimizer": self.optimizer.config(), "steps": self.steps,
+                "train": self.train}
+        arrays = {f"param/{p}": v for p, v in self.params.items()}
+        arrays.update({f"slot/{p}/{s}": a for p, slots in (self.state or {}).items() for s, a in slots.items()})
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+        os.replace(tmp, path)
+        return path
+
+    def load(self, path) -> dict:
+        """Read a checkpoint written by ``save`` for this model; ``fit(None, ...)`` then
+        continues from it. Returns the parameters."""
+        try:
+            with np.load(path) as f:
+                meta = json.loads(str(f["meta"]))
+                arrays = {k: f[k] for k in f.files if k != "meta"}
+        except (OSError, KeyError, ValueError) as e:
+            raise GraphcompError(f"{path} is not a graphcomp checkpoint ({e})") from None
+        if meta["model"] != model_hash(self.kernel):
+            raise GraphcompError(f"{path} was saved from a different model (hash {meta['model']}, this model's is "
+                                 f"{model_hash(self.kernel)}): load it into the model it was trained with")
+        if meta["optimizer"]["name"] != type(self.optimizer).__name__:
+            raise GraphcompError(f"{path} holds the state of {meta['optimizer']['name']}, this trainer uses "
+                                 f"{type(self.optimizer).__name__}: use the same optimizer to continue")
+        self.params = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("param/")}
+        self.state = {}
+        for k, v in arrays.items():
+            if k.startswith("slot/"):
+                _, p, s = k.split("/")
+                self.state.setdefault(p, {})[s] = v
+        self.train, self.steps = meta["train"], meta["steps"]
+        return self.params
+
+
+def _minibatches(lengths: np.ndarray, batch_size: int, rng) -> list:
+    """Shuffled minibatches of sequences of similar length: shuffle, sort windows of 8
+    minibatches by length, cut them, and shuffle the minibatches' order."""
+    order = rng.permutation(len(lengths))
+    window = 8 * batch_size
+    batches = []
+    for w in range(0, len(order), window):
+        part = order[w:w + window]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _copy(params: dict) -> dict:
+    return {p: np.array(v) for p, v in params.items()}
+
+
+def _bar(total: int, show: bool):
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, unit="batch", dynamic_ncols=True, leave=True)
