@@ -834,9 +834,8 @@ def _costly(expr: sp.Expr) -> bool:
 def _boundary(step: Step) -> list:
     """The unbatched values that batched code reads and that depend on a parameter. The
     gradient of each is summed over the rows, then sent back to the parameters once."""
-    roots = [*step.updates.values(), *step.outputs.values()] + ([step.loss] if step.loss is not None else [])
     out = []
-    for n in ir.toposort(roots):
+    for n in ir.toposort(step.roots()):
         for a in n.args if n.batched else ():
             if not a.batched and a not in out and any(m.op == "param" for m in ir.toposort([a])):
                 out.append(a)
@@ -1140,9 +1139,7 @@ class KernelSource:
     def _forward(self) -> str:
         step = self.step
         sweeps, dep = self._sweeps(), self._depends_on_state()
-        reads = set(step.updates)
-        for node in [*step.updates.values(), *step.outputs.values()]:
-            reads |= {n.attr[0] for n in ir.toposort([node]) if n.op == "read"}
+        reads = set(step.updates) | {n.attr[0] for n in ir.toposort(step.roots(with_loss=False)) if n.op == "read"}
         fn, consts = self._start("forward", [n for n in step.signals if n in reads])
         known = self._hoist(fn, consts, sweeps, dep)
         self._forward_loops(fn, consts, sweeps, known, {})

@@ -9,7 +9,7 @@ import graphviz
 import sympy as sp
 
 from . import ir
-from .errors import GraphcompError
+from .errors import GraphcompError, is_count
 from .step import LOSS_NAME, Step
 
 FONT = "Helvetica"
@@ -178,7 +178,7 @@ def columns(steps: int, max_columns: int) -> tuple[list, int | None]:
 
 
 def unfolded(step: Step, steps: int, max_columns: int = 6, backward: bool = False) -> graphviz.Digraph:
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+    if not is_count(steps):
         raise GraphcompError(f"steps must be a positive integer, got {steps!r}")
     if max_columns < 2:
         raise GraphcompError(f"max_columns must be at least 2, got {max_columns!r}")

@@ -24,7 +24,7 @@ import numpy as np
 import sympy as sp
 
 from .declare import concat, cross_entropy, hadamard, mse, param, relu, sigmoid, signal, t, tanh
-from .errors import GraphcompError
+from .errors import GraphcompError, is_count
 from .recurrence import Recurrence
 
 ACTIVATIONS = {"tanh": tanh, "relu": relu, "sigmoid": sigmoid}
@@ -238,7 +238,7 @@ def orthogonal(rng: np.random.Generator, shape: tuple) -> np.ndarray:
 def _network(kind: str, cell: Callable, D: int, H: int, O: int, layers: int, bidirectional: bool,
              loss: str | None, prefix: str, x: str, o: str, y: str) -> Model:
     """Stack ``layers`` cells (each direction one cell), then the readout and the loss."""
-    if isinstance(layers, bool) or not isinstance(layers, (int, np.integer)) or layers < 1:
+    if not is_count(layers):
         raise GraphcompError(f"{kind}: layers={layers!r} must be an integer >= 1 (the number of stacked layers)")
     _flag(kind, "bidirectional", bidirectional)
     _names(kind, prefix, x, o, y)
@@ -285,7 +285,7 @@ def _flag(kind: str, what: str, value) -> None:
 def _sizes(kind: str, D, H, O) -> tuple[int, int, int]:
     what = {"D": "the input size", "H": "the hidden size", "O": "the output size"}
     for n, v in zip("DHO", (D, H, O)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        if not is_count(v):
             raise GraphcompError(f"{kind}: {n}={v!r} must be a positive integer ({what[n]})")
     return int(D), int(H), int(O)
 

@@ -10,7 +10,7 @@ from typing import Callable, Union
 import numpy as np
 from numba import njit
 
-from .errors import GraphcompError
+from .errors import GraphcompError, is_count
 
 Schedule = Callable[[int], float]
 Rate = Union[float, Schedule]
@@ -47,7 +47,7 @@ def _as_schedule(lr: Rate) -> Schedule:
 
 def _positive(**values) -> None:
     for name, v in values.items():
-        if not isinstance(v, (int, np.integer)) or v < 1:
+        if not is_count(v):
             raise GraphcompError(f"{name} must be a positive integer, got {v!r}")
 
 

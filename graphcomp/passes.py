@@ -43,8 +43,7 @@ def fuse_products(roots: list) -> dict:
 
 def fused_step(step: Step) -> Step:
     """The step with ``fuse_products`` applied to its updates, outputs and loss together."""
-    roots = [*step.updates.values(), *step.outputs.values()] + ([step.loss] if step.loss is not None else [])
-    new = fuse_products(roots)
+    new = fuse_products(step.roots())
     return dataclasses.replace(
         step, updates={s: new[n] for s, n in step.updates.items()},
         outputs={o: new[n] for o, n in step.outputs.items()},

@@ -68,11 +68,14 @@ class Step:
     def inputs(self) -> list:
         return [n for n, s in self.signals.items() if s.role == "input"]
 
+    def roots(self, with_loss: bool = True) -> list:
+        """The nodes the step computes: its updates, outputs and (if asked) loss."""
+        loss = [self.loss] if with_loss and self.loss is not None else []
+        return [*self.updates.values(), *self.outputs.values(), *loss]
+
     def inputs_needed(self, with_loss: bool) -> list:
         """Inputs read by the updates and outputs (and the loss, if asked)."""
-        roots = [*self.updates.values(), *self.outputs.values()]
-        if with_loss and self.loss is not None:
-            roots.append(self.loss)
+        roots = self.roots(with_loss)
         names = {n.attr[0] for n in ir.toposort(roots) if n.op == "read"}
         return [n for n in self.inputs if n in names]
 

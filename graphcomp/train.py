@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import GraphcompError, NotFinite
+from .errors import GraphcompError, NotFinite, is_count
 from .kernel import Kernel, compile
 from .optim import Adam, Optimizer, clip
 
@@ -128,7 +128,7 @@ class Trainer:
         if unknown:
             raise GraphcompError(f"train names unknown parameters {unknown}; the model's are {list(step.params)}")
         if tbptt is not None:
-            if not isinstance(tbptt, (int, np.integer)) or tbptt < 1:
+            if not is_count(tbptt):
                 raise GraphcompError(f"tbptt must be a positive number of steps, got {tbptt!r}")
             backward = [s for s in step.states if step.signals[s].direction < 0]
             if backward:
@@ -165,7 +165,7 @@ class Trainer:
         val = None if validation is None else sequences(validation)
         if patience is not None and val is None:
             raise GraphcompError("patience stops on the validation loss: pass validation=... too")
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        if not is_count(batch_size):
             raise GraphcompError(f"batch_size must be a positive integer, got {batch_size!r}")
         history, best = History(), (np.inf, None)
         rng = np.random.default_rng(seed)
@@ -221,13 +221,14 @@ class Trainer:
         loss, state = 0.0, None
         for start in range(0, T, k):
             live = np.flatnonzero(lengths > start)    # sequences with steps left in this chunk
-            chunk = {n: a[start:start + k][:, live] for n, a in inputs.items()}
+            rows = slice(None) if len(live) == B else live   # all of them: views, not copies
+            chunk = {n: a[start:start + k][:, rows] for n, a in inputs.items()}
             steps = np.minimum(lengths[live] - start, k)
             initial = None if state is None else {n: a[:, live] for n, a in state.items()}
-            part, grads = self._loss_and_grad(chunk, steps, initial, epoch, start)
+            part, grads = self._loss_and_grad(chunk, steps, initial, epoch)
             share = len(live) / B   # the chunk's part of the minibatch's mean
             loss += part * share
-            grads = {p: np.array(grads[p], np.float64) * share for p in self.train}
+            grads = {p: np.asarray(grads[p], np.float64) * share for p in self.train}
             clip(grads, self.clip_norm, self.clip_value)
             if start + k < T:   # the state this chunk ends in, under the parameters it ran with
                 state = self._carry(chunk, steps, initial, state, live, B)
@@ -236,7 +237,7 @@ class Trainer:
             self.steps += 1
         return loss
 
-    def _loss_and_grad(self, inputs, lengths, initial, epoch, start):
+    def _loss_and_grad(self, inputs, lengths, initial, epoch):
         try:
             loss, grads = self.kernel.loss_and_grad(self.params, inputs, lengths=lengths, initial=initial)
         except NotFinite as e:

@@ -15,15 +15,15 @@ import networkx as nx
 import numpy as np
 
 from . import ir
-from .errors import GraphcompError
+from .errors import GraphcompError, is_count
 from .step import LOSS_NAME, Step
 
 
 def unfold(step: Step, steps: int) -> nx.DiGraph:
     """The DAG of ``steps`` applications of the step; it grows linearly with ``steps``."""
-    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
+    if not is_count(steps):
         raise GraphcompError(f"steps must be a positive integer, got {steps!r}")
-    roots = [*step.updates.values(), *step.outputs.values()] + ([step.loss] if step.loss is not None else [])
+    roots = step.roots()
     order = ir.toposort(roots)
     index = {node: k for k, node in enumerate(order)}
     g = nx.DiGraph()
