@@ -52,20 +52,25 @@ def _positive(**values) -> None:
 
 
 # ---------------------------------------------------------------- compiled updates (1-D views)
+# Each rule is rule(p, g, *slots, lr, h, step): the parameter, its gradient and its slots as
+# 1-D arrays, the rate, the optimizer's hyperparameters h (a float array) and the number of
+# earlier updates; the trainer's compiled epoch calls them the same way.
 
 @njit(cache=True, error_model="numpy")
-def _sgd(p, g, buf, lr, momentum, dampening, nesterov, decay, first):
+def _sgd(p, g, buf, lr, h, step):
+    momentum, dampening, nesterov, decay = h[0], h[1], h[2] != 0.0, h[3]
     for i in range(p.size):
         d = g[i] + decay * p[i]
         if momentum != 0.0:
-            buf[i] = d if first else momentum * buf[i] + (1.0 - dampening) * d
+            buf[i] = d if step == 0 else momentum * buf[i] + (1.0 - dampening) * d
             d = d + momentum * buf[i] if nesterov else buf[i]
         p[i] -= lr * d
 
 
 @njit(cache=True, error_model="numpy")
-def _adam(p, g, m, v, lr, beta1, beta2, eps, decay, decoupled, step):
-    c1, c2 = 1.0 - beta1 ** step, 1.0 - beta2 ** step
+def _adam(p, g, m, v, lr, h, step):
+    beta1, beta2, eps, decay, decoupled = h[0], h[1], h[2], h[3], h[4] != 0.0
+    c1, c2 = 1.0 - beta1 ** (step + 1), 1.0 - beta2 ** (step + 1)
     for i in range(p.size):
         d = g[i]
         if decoupled:
@@ -78,7 +83,8 @@ def _adam(p, g, m, v, lr, beta1, beta2, eps, decay, decoupled, step):
 
 
 @njit(cache=True, error_model="numpy")
-def _rmsprop(p, g, v, lr, alpha, eps, decay):
+def _rmsprop(p, g, v, lr, h, step):
+    alpha, eps, decay = h[0], h[1], h[2]
     for i in range(p.size):
         d = g[i] + decay * p[i]
         v[i] = alpha * v[i] + (1.0 - alpha) * d * d
@@ -86,7 +92,8 @@ def _rmsprop(p, g, v, lr, alpha, eps, decay):
 
 
 @njit(cache=True, error_model="numpy")
-def _adagrad(p, g, s, lr, eps, decay):
+def _adagrad(p, g, s, lr, h, step):
+    eps, decay = h[0], h[1]
     for i in range(p.size):
         d = g[i] + decay * p[i]
         s[i] += d * d
@@ -113,10 +120,14 @@ class Optimizer:
     def update(self, params: dict, grads: dict, state: dict, step: int) -> None:
         """One update of the arrays in ``params`` (in place) from ``grads``; ``step`` counts
         earlier updates."""
-        lr = self.rate(step)
+        lr, h = self.rate(step), self.hyper()
         for name, g in grads.items():
-            flat = {s: a.reshape(-1) for s, a in state[name].items()}
-            self._apply(params[name].reshape(-1), np.asarray(g, np.float64).reshape(-1), flat, lr, step)
+            slots = [state[name][s].reshape(-1) for s in self.slots]
+            self.rule(params[name].reshape(-1), np.asarray(g, np.float64).reshape(-1), *slots, lr, h, step)
+
+    def hyper(self) -> np.ndarray:
+        """The hyperparameters the compiled rule reads, in its order."""
+        raise NotImplementedError
 
     def config(self) -> dict:
         """What identifies this optimizer in a checkpoint."""
@@ -135,8 +146,10 @@ class SGD(Optimizer):
             raise GraphcompError("Nesterov momentum needs momentum > 0 and dampening = 0")
         self.momentum, self.nesterov, self.dampening = float(momentum), bool(nesterov), float(dampening)
 
-    def _apply(self, p, g, s, lr, step):
-        _sgd(p, g, s["momentum"], lr, self.momentum, self.dampening, self.nesterov, self.weight_decay, step == 0)
+    rule = staticmethod(_sgd)
+
+    def hyper(self) -> np.ndarray:
+        return np.array([self.momentum, self.dampening, self.nesterov, self.weight_decay])
 
 
 class Adam(Optimizer):
@@ -151,8 +164,10 @@ class Adam(Optimizer):
             raise GraphcompError(f"Adam's betas must lie in [0, 1), got {betas!r}")
         self.betas, self.eps, self.decoupled = tuple(map(float, betas)), float(eps), bool(decoupled)
 
-    def _apply(self, p, g, s, lr, step):
-        _adam(p, g, s["m"], s["v"], lr, *self.betas, self.eps, self.weight_decay, self.decoupled, step + 1)
+    rule = staticmethod(_adam)
+
+    def hyper(self) -> np.ndarray:
+        return np.array([*self.betas, self.eps, self.weight_decay, self.decoupled])
 
 
 class RMSProp(Optimizer):
@@ -163,8 +178,10 @@ class RMSProp(Optimizer):
         super().__init__(lr, weight_decay)
         self.alpha, self.eps = float(alpha), float(eps)
 
-    def _apply(self, p, g, s, lr, step):
-        _rmsprop(p, g, s["v"], lr, self.alpha, self.eps, self.weight_decay)
+    rule = staticmethod(_rmsprop)
+
+    def hyper(self) -> np.ndarray:
+        return np.array([self.alpha, self.eps, self.weight_decay])
 
 
 class AdaGrad(Optimizer):
@@ -175,8 +192,10 @@ class AdaGrad(Optimizer):
         super().__init__(lr, weight_decay)
         self.eps = float(eps)
 
-    def _apply(self, p, g, s, lr, step):
-        _adagrad(p, g, s["sum"], lr, self.eps, self.weight_decay)
+    rule = staticmethod(_adagrad)
+
+    def hyper(self) -> np.ndarray:
+        return np.array([self.eps, self.weight_decay])
 
 
 def clip(grads: dict, norm: float | None = None, value: float | None = None) -> float:

@@ -12,9 +12,12 @@ from typing import Callable
 
 import numpy as np
 
+from .epoch import Epoch
 from .errors import GraphcompError, NotFinite, is_count
 from .kernel import Kernel, compile
 from .optim import Adam, Optimizer, clip
+
+COMPILED_EPOCH_UPDATES = 5000   # compiled="auto": from this many updates in one fit, compile the epoch
 
 
 @dataclass
@@ -105,15 +108,20 @@ class Trainer:
     then ``trainer.fit(params, data, epochs=10, batch_size=32)``.
 
     ``clip_norm``/``clip_value`` clip the minibatch gradient (global L2 norm / each value);
-    ``train`` names the parameters to train (the others stay fixed); ``tbptt=k`` cuts each
-    minibatch into chunks of k steps, carries the state across them and updates after each
-    (truncated BPTT with k1 = k2 = k); ``progress`` shows a bar with the loss and minibatches
+    ``train`` names the parameters to train (the others stay fixed); ``tbptt=(k1, k2)`` is
+    truncated BPTT: every k1 steps of a minibatch, an update with the gradient of those k1
+    steps' losses backpropagated through at most the last k2 steps (k2 ≥ k1), the state
+    carried across (``tbptt=k`` means k1 = k2 = k: chunks of k steps); ``progress`` shows a bar with the loss and minibatches
     per second; ``callback(epoch, history)`` runs after each epoch and stops training if it
-    returns True."""
+    returns True. ``compiled=True`` runs each epoch's minibatches in one compiled function
+    (no Python work per minibatch: the win for small models, after a compile of a few
+    seconds, cached on disk); ``"auto"`` does so when a fit makes at least
+    ``COMPILED_EPOCH_UPDATES`` updates; tbptt runs in Python."""
 
     def __init__(self, model, optimizer: Optimizer | None = None, *, clip_norm: float | None = None,
-                 clip_value: float | None = None, train: list | None = None, tbptt: int | None = None,
-                 dtype: str = "float64", progress: bool = True, callback: Callable | None = None):
+                 clip_value: float | None = None, train: list | None = None, tbptt: int | tuple | None = None,
+                 dtype: str = "float64", progress: bool = True, callback: Callable | None = None,
+                 compiled: bool | str = "auto"):
         self.kernel = model if isinstance(model, Kernel) else compile(model, dtype=dtype)
         step = self.kernel.program
         if step.loss is None:
@@ -128,13 +136,23 @@ class Trainer:
         if unknown:
             raise GraphcompError(f"train names unknown parameters {unknown}; the model's are {list(step.params)}")
         if tbptt is not None:
-            if not is_count(tbptt):
-                raise GraphcompError(f"tbptt must be a positive number of steps, got {tbptt!r}")
+            tbptt = (tbptt, tbptt) if is_count(tbptt) else tbptt
+            if not (isinstance(tbptt, tuple) and len(tbptt) == 2 and all(map(is_count, tbptt))):
+                raise GraphcompError(f"tbptt must be a positive number of steps k or a pair (k1, k2), got {tbptt!r}")
+            if tbptt[1] < tbptt[0]:
+                raise GraphcompError(f"tbptt=(k1, k2) backpropagates each update's k1 steps through the last k2, "
+                                     f"so k2 must be at least k1; got k1={tbptt[0]}, k2={tbptt[1]}")
             backward = [s for s in step.states if step.signals[s].direction < 0]
             if backward:
                 raise GraphcompError(f"tbptt cuts time into chunks, but state {backward[0]!r} runs backwards in "
                                      "time (reads t+k) and needs the whole sequence; train it without tbptt")
-        self.tbptt, self.progress, self.callback = tbptt, progress, callback
+        if compiled not in (True, False, "auto"):
+            raise GraphcompError(f"compiled must be True, False or 'auto', got {compiled!r}")
+        if compiled is True and (tbptt is not None or self.kernel.backend != "numba"):
+            why = "tbptt runs in Python" if tbptt is not None else f"the {self.kernel.backend!r} backend has none"
+            raise GraphcompError(f"compiled=True cannot be: {why}; use compiled='auto' or False")
+        self.tbptt, self.progress, self.callback, self.compiled = tbptt, progress, callback, compiled
+        self._epoch: Epoch | None = None
         self.params: dict | None = None
         self.state: dict | None = None   # the optimizer's slots
         self.steps = 0                   # updates so far
@@ -170,11 +188,25 @@ class Trainer:
         history, best = History(), (np.inf, None)
         rng = np.random.default_rng(seed)
         batches_per_epoch = -(-len(data) // batch_size)
+        runner = self._compiled_epoch(epochs * batches_per_epoch)
+        arrays = None if runner is None else runner.data(self.params, data)
         bar = _bar(epochs * batches_per_epoch, self.progress)
         try:
             for epoch in range(epochs):
                 start, total, seen = time.perf_counter(), 0.0, 0
-                for index in _minibatches(data.lengths, batch_size, rng):
+                batches = _minibatches(data.lengths, batch_size, rng)
+                if runner is not None:   # all of them in compiled code, but one that fails
+                    losses, done, prev = runner.run(self.params, self.state, arrays, data.lengths, batches,
+                                                    self.steps, self.clip_norm, self.clip_value)
+                    self.steps += done
+                    if done:
+                        self._last_good = prev
+                    total = float(np.dot(losses, [len(b) for b in batches[:done]]))
+                    seen = sum(len(b) for b in batches[:done])
+                    if bar is not None:
+                        bar.update(done)
+                    batches = batches[done:]   # the Python loop reports a failure in its terms
+                for index in batches:
                     total += self._update(*data.batch(index), epoch) * len(index)
                     seen += len(index)
                     if bar is not None:   # the epoch's mean loss per sequence so far
@@ -203,6 +235,14 @@ class Trainer:
                 bar.close()
         return history
 
+    def _compiled_epoch(self, updates: int):
+        """The compiled epoch, if this fit uses one (built once per trainer)."""
+        use = self.compiled is True or (self.compiled == "auto" and self.tbptt is None and
+                                        self.kernel.backend == "numba" and updates >= COMPILED_EPOCH_UPDATES)
+        if use and (self._epoch is None or self._epoch.train != self.train):
+            self._epoch = Epoch(self.kernel, self.optimizer, self.train)
+        return self._epoch if use else None
+
     def evaluate(self, data, params: dict | None = None, batch_size: int = 256) -> float:
         """The mean loss per sequence over ``data``."""
         data, params = sequences(data), self.params if params is None else params
@@ -214,24 +254,35 @@ class Trainer:
         return total / len(data)
 
     def _update(self, inputs: dict, lengths: np.ndarray, epoch: int) -> float:
-        """One minibatch: loss and gradient (by chunks under tbptt), clipping, an update per
+        """One minibatch: loss and gradient (by windows under tbptt), clipping, an update per
         gradient. Returns the minibatch's mean loss per sequence."""
         T, B = int(lengths.max()), len(lengths)
-        k = self.tbptt or T
-        loss, state = 0.0, None
-        for start in range(0, T, k):
-            live = np.flatnonzero(lengths > start)    # sequences with steps left in this chunk
-            rows = slice(None) if len(live) == B else live   # all of them: views, not copies
-            chunk = {n: a[start:start + k][:, rows] for n, a in inputs.items()}
-            steps = np.minimum(lengths[live] - start, k)
+        k1, k2 = self.tbptt or (T, T)
+        loss, state, start = 0.0, None, 0   # state: every delayed signal's history at step `start`
+        for lo in range(0, T, k1):
+            hi = min(lo + k1, T)   # this update's losses are those of steps lo..hi-1
+            live = np.flatnonzero(lengths > lo)                # sequences with losses in them
+            rows = slice(None) if len(live) == B else live     # all of them: views, not copies
+            window = {n: a[start:hi][:, rows] for n, a in inputs.items()}
+            steps = np.minimum(lengths[live], hi) - start
             initial = None if state is None else {n: a[:, live] for n, a in state.items()}
-            part, grads = self._loss_and_grad(chunk, steps, initial, epoch)
-            share = len(live) / B   # the chunk's part of the minibatch's mean
+            part, grads = self._loss_and_grad(window, steps, initial, epoch)
+            if lo > start:   # the window's first steps only carry the state: take their losses out
+                head = {n: a[:lo - start] for n, a in window.items()}
+                before, g = self._loss_and_grad(head, np.minimum(steps, lo - start), initial, epoch)
+                part -= before
+                grads = {p: grads[p] - g[p] for p in self.train}
+            share = len(live) / B   # the window's part of the minibatch's mean
             loss += part * share
-            grads = {p: np.asarray(grads[p], np.float64) * share for p in self.train}
+            grads = {p: np.array(grads[p], np.float64) for p in self.train}   # 0-d arrays stay arrays
+            for g in grads.values():
+                g *= share
             clip(grads, self.clip_norm, self.clip_value)
-            if start + k < T:   # the state this chunk ends in, under the parameters it ran with
-                state = self._carry(chunk, steps, initial, state, live, B)
+            nxt = max(min(hi + k1, T) - k2, 0)   # where the next window starts
+            if hi < T and nxt > start:   # its state, under the parameters this window ran with
+                head = {n: a[:nxt - start] for n, a in window.items()}
+                state = self._carry(head, np.minimum(steps, nxt - start), initial, state, live, B)
+                start = nxt
             self._last_good = _copy(self.params)
             self.optimizer.update(self.params, grads, self.state, self.steps)
             self.steps += 1

@@ -110,6 +110,50 @@ def test_truncated_bptt_updates_after_each_chunk(kernel):
         assert trainer.params[p] == pytest.approx(after[p] - 0.1 * g2[p], rel=1e-12)
 
 
+@pytest.mark.parametrize("k1, k2", [(1, 3), (2, 3), (2, 5), (3, 20)])
+def test_truncated_bptt_with_longer_windows_counts_each_loss_once(kernel, k1, k2):
+    """tbptt=(k1, k2): with a zero learning rate the updates' losses still add up to the whole
+    loss (each step's loss counted once, in the update of its k1 steps), one update per k1."""
+    seqs = simulate(kernel, 5, 11, seed=3, noise=0.2)
+    arrays, lengths = pad(seqs)
+    whole, _ = kernel.loss_and_grad(START, arrays, lengths=lengths)
+    trainer = gc.Trainer(kernel, optim.SGD(lambda step: 0.0), tbptt=(k1, k2), progress=False)
+    history = trainer.fit(START, seqs, epochs=1, batch_size=5)
+    assert history.loss[0] == pytest.approx(whole, rel=1e-12)
+    assert trainer.steps == -(-lengths.max() // k1)
+
+
+def test_truncated_bptt_k1_k2_gradient_is_the_last_k1_losses_through_k2_steps(kernel, monkeypatch):
+    """Each update's gradient, by finite differences: the losses of its k1 steps, with the
+    state entering its k2-step window held fixed (parameters unchanged: learning rate 0)."""
+    B, k1, k2 = 3, 2, 3
+    rng = np.random.default_rng(6)
+    arrays = {"x": rng.normal(size=(9, B)), "y": rng.normal(size=(9, B))}
+    T = 9
+    seen = []
+    trainer = gc.Trainer(kernel, optim.SGD(lambda step: 0.0), tbptt=(k1, k2), progress=False)
+    update = trainer.optimizer.update
+    monkeypatch.setattr(trainer.optimizer, "update", lambda p, g, *rest: (seen.append(dict(g)), update(p, g, *rest)))
+    trainer.fit(START, arrays, epochs=1, batch_size=B)
+    full = kernel.forward(START, arrays)["s"]
+    padded = {"s": np.concatenate([np.zeros((2, B)), full]), "x": np.concatenate([np.zeros((1, B)), arrays["x"]])}
+
+    def partial(params, lo, hi):   # Σ over steps lo..hi-1 of the loss, mean over the batch
+        start = max(hi - k2, 0)
+        initial = {"s": padded["s"][start:start + 2], "x": padded["x"][start:start + 1]}
+        run = kernel.forward(params, {"x": arrays["x"][start:hi]}, initial=initial)["s"]
+        return np.sum((run[lo - start:] - arrays["y"][lo:hi]) ** 2) / B
+
+    assert len(seen) == 5
+    for i, grads in enumerate(seen):
+        lo, hi = i * k1, min(i * k1 + k1, T)
+        for p in START:
+            up, down = dict(START), dict(START)
+            up[p] += 1e-6
+            down[p] -= 1e-6
+            assert grads[p] == pytest.approx((partial(up, lo, hi) - partial(down, lo, hi)) / 2e-6, rel=1e-6, abs=1e-9)
+
+
 def test_training_recovers_the_parameters(kernel):
     seqs = simulate(kernel, 32, 60, seed=6, noise=0.01)
     trainer = gc.Trainer(kernel, optim.Adam(optim.cosine(0.05, 400, 0.005)), clip_norm=10.0, progress=False)
@@ -194,6 +238,8 @@ def test_progress_bar_shows_the_loss_and_rate(kernel, capsys):
     (lambda k: gc.Trainer(k, clip_norm=0), "clip_norm must be a positive number"),
     (lambda k: gc.Trainer(k, train=["W"]), r"train names unknown parameters \['W'\]"),
     (lambda k: gc.Trainer(k, tbptt=0), "tbptt must be a positive number of steps"),
+    (lambda k: gc.Trainer(k, tbptt=(2, 1)), "k2 must be at least k1; got k1=2, k2=1"),
+    (lambda k: gc.Trainer(k, tbptt=(2, 3, 4)), r"or a pair \(k1, k2\), got \(2, 3, 4\)"),
     (lambda k: gc.Trainer(k, progress=False).fit(None, []), "no parameters to continue from"),
     (lambda k: gc.Trainer(k, progress=False).fit(START, {"x": np.zeros(3)}), "share their first two axes"),
     (lambda k: gc.Trainer(k, progress=False).fit(START, [{"x": np.zeros(3), "y": np.zeros(2)}]),
