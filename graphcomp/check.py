@@ -192,6 +192,34 @@ def prepare(step: Step, params, inputs, lengths=None, initial=None, *, with_loss
     return Batch(T, B, out_params, out_inputs, lens, out_init, dtype)
 
 
+def seeds(step: Step, given, B: int, dtype) -> dict:
+    """Validate ``final_cotangents``: for a forward state read at delays up to k, the
+    cotangents of each sequence's last k values ``(k, B, ...)``, oldest first (``(B, ...)``
+    when k <= 1). Returns them as (k, B, *IR shape)."""
+    if not isinstance(given, Mapping):
+        raise GraphcompError(f"final_cotangents must be a dict state -> array, got {type(given).__name__}")
+    out = {}
+    for name, value in given.items():
+        info = step.signals.get(name)
+        if info is None or info.role != "state":
+            raise _unknown("state", name, step.states)
+        if info.direction < 0:
+            raise GraphcompError(f"state {name!r} runs backwards in time, so it has no final value to seed; "
+                                 "give final_cotangents for forward states only")
+        k = max(info.history, 1)
+        a = _array(value, f"final cotangent of {name!r}", dtype)
+        full = (k, B) + info.array_shape
+        if k == 1 and a.shape == full[1:]:
+            a = a[None]
+        if a.shape != full:
+            hint = f"({B}{''.join(f', {n}' for n in info.array_shape)}) or " if k == 1 else ""
+            raise GraphcompError(f"final cotangent of {name!r} has shape {_fmt(a.shape)}; expected {hint}{_fmt(full)}: "
+                                 f"the cotangents of each sequence's last {k} value(s), oldest first")
+        _finite(a, f"final cotangent of {name!r}")
+        out[name] = a.reshape((k, B) + info.shape)
+    return out
+
+
 def _what(info: SignalInfo) -> str:
     return "a scalar" if not info.shape else "x".join(str(n) for n in info.shape)
 

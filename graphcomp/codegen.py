@@ -174,6 +174,8 @@ class Function:
         self.consts: list = []        # driver: parameter-only values
         self.lines: list = []         # the compiled loops
         self.post: list = []          # driver: after the loops
+        self.seeds: dict = {}         # seed array -> its zeros, for the plain driver (see text)
+        self.cots: list = []          # cotangent arrays the seeded driver returns
         self.defined = ["T", "B", "R", "lengths", "inv_B", *args[3:]]   # what the loops may read
         self.depth = 1
         self.ids = itertools.count()
@@ -224,10 +226,21 @@ class Function:
         used = [n for n in dict.fromkeys(self.defined) if re.search(rf"\b{re.escape(n)}\b", body)]
         loops = ["@njit(cache=True, error_model='numpy')", f"def _{self.name}({', '.join(used)}):", body]
         args = self.args[:3] + (["work"] if self.work else []) + self.args[3:]
-        driver = [f"def {self.name}({', '.join(args)}):", "R = T * B", "inv_B = dtype(1.0 / B)"]
+        drivers = [self._driver(args, used, returns)]
+        if self.seeds:   # a first driver takes the final states' cotangents, returns the initial ones
+            drivers.insert(0, self._driver(args + list(self.seeds), used, returns[:-1] + "".join(
+                f"{c}, " for c in self.cots) + ")", seeded=True))
+        return "\n".join(loops) + "\n\n\n" + "\n\n\n".join(drivers)
+
+    def _driver(self, args: list, used: list, returns: str, seeded: bool = False) -> str:
+        name = f"{self.name}_seeded" if seeded else self.name
+        driver = [f"def {name}({', '.join(args)}):", "R = T * B", "inv_B = dtype(1.0 / B)"]
         driver += (["w = 0"] if self.work else []) + self.allocs + self.consts
+        if self.seeds:   # steps after tseed may end a sequence's last K values: the loops add its seeds
+            driver += ["tseed = np.int64(np.min(lengths)) - " + str(max(k for k, _ in self.seeds.values()))] \
+                if seeded else ["tseed = np.int64(T)"] + [f"{n} = {z}" for n, (_, z) in self.seeds.items()]
         driver += [f"_{self.name}({', '.join(used)})"] + self.post + [f"return {returns}"]
-        return "\n".join(loops) + "\n\n\n" + "\n    ".join(driver)
+        return "\n    ".join(driver)
 
 
 # ---------------------------------------------------------------- parameter-only values
@@ -950,6 +963,7 @@ class KernelSource:
         self.args: dict = {}
         functions = [self._forward()] + ([self._loss_and_grad()] if step.loss is not None else [])
         self.work = {fn.name: bool(fn.work) for fn in functions}
+        self.seeded = [n[len("seed_"):] for fn in functions for n in fn.seeds]   # loss_and_grad_seeded's seeds
         body = "".join(f"\n\n{fn.text(fn.returns)}\n\n\n{fn.work_size()}" for fn in functions)
         self.text = header(dtype) + body
         self.standalone = header(dtype, standalone=True) + body
@@ -1115,9 +1129,12 @@ class KernelSource:
 
     def _time_loop(self, fn: Function, consts: Consts, direction: int, sinks: list, known: dict,
                    gradients: "Gradients | None" = None, contributions: dict | None = None,
-                   consumed: list = ()) -> None:
-        """One loop over time running a region per step; ``consumed``: ring rows to clear after."""
+                   consumed: list = (), seeded: list = ()) -> None:
+        """One loop over time running a region per step; ``consumed``: ring rows to clear after;
+        ``seeded``: states whose cotangents first take the seeds of a sequence's last steps."""
         with fn.block("for t in range(1, T + 1):" if direction > 0 else "for t in range(T, 0, -1):"):
+            for s in seeded:
+                self._seed(fn, s)
             top = len(fn.lines)
             region = Region(fn, consts, self.leaf(known), time=True)
             if gradients is not None:
@@ -1128,6 +1145,21 @@ class KernelSource:
                 fn.line(f"_zero({_view_name(home.rows)})")
             fn.lines[top:], views = _direct(fn.lines[top:], region.loop_shifts, region.written, region.across_rows)
             fn.lines[top:top] = ["    " * fn.depth + d for d in _row_defs(region.loop_shifts, views, "t - 1")]
+
+    def _seed(self, fn: Function, s: str) -> None:
+        """Add ``seed_<s>``, the cotangents of s's last K values of each sequence (K rows of B,
+        oldest first), to ∇s(t) where t is one of them: the gradient of L + Σ <seed, s(end)>."""
+        home, k = self.timeline(s, 0, "cot"), max(self.user_step.signals[s].history, 1)
+        zeros = f"np.zeros({k} * B, dtype)" if home.width is None else f"np.zeros(({k} * B, {home.width}), dtype)"
+        fn.seeds[fn.const(f"seed_{s}")] = (k, zeros)
+        fn.cots.append(home.array)
+        fn.const("tseed")
+        row = f"((t - 1) % {home.ring}) * B" if home.ring else f"(t - 1 + {self.margins[s][0]}) * B"
+        with fn.block("if t > tseed:"):
+            with fn.block("for r in range(B):"):
+                fn.line("j = lengths[r] - t")
+                with fn.block(f"if j >= 0 and j < {k}:"):
+                    fn.line(f"{home.array}[{row} + r] += seed_{s}[({k - 1} - j) * B + r]")
 
     def _forward_loops(self, fn, consts, sweeps, known, tapes) -> None:
         for sweep, mapping in zip(self.step.sweeps, sweeps):
@@ -1181,7 +1213,7 @@ class KernelSource:
             sinks = sinks + ([loss_sink] if self.fuse_loss and k == 0 else [])
             rings = [self.timeline(s, 0, "cot") for s in sweep.states if s in self.rings]
             self._time_loop(fn, consts, -sweep.direction, sinks, {**known, LOSS_SEED: "wt"},
-                            gradients, contributions, rings)
+                            gradients, contributions, rings, [s for s in sweep.states if sweep.direction > 0])
         grads = gradients.finish(consts, self.params)
         fn.returns = f"(dtype({loss.array}.sum()), " + "".join(f"{g}, " for g in grads) + ")"
         return fn

@@ -118,7 +118,25 @@ class NumbaBackend:
             outputs[o] = np.where(batch.valid.reshape(batch.valid.shape + (1,) * (value.ndim - 2)), value, 0)
         return states, outputs
 
-    def loss_and_grad(self, batch: Batch) -> tuple[float, dict]:
+    def loss_and_grad(self, batch: Batch, seeds: dict | None = None) -> tuple:
+        """The loss and gradients; with ``seeds`` (state -> (K, B, ...) cotangents of each
+        sequence's last K values, IR layout) also the initial values' cotangents (states)."""
         args, _, _ = self._arguments("loss_and_grad", batch)
-        loss, *grads = self._call("loss_and_grad", args)
-        return float(loss), dict(zip(self.kernels.params, grads))
+        if seeds is None:
+            loss, *grads = self._call("loss_and_grad", args)
+            return float(loss), dict(zip(self.kernels.params, grads))
+        for s in self.kernels.seeded:
+            info = self.step.signals[s]
+            given = seeds.get(s)
+            shape = (max(info.history, 1) * batch.B,) + info.array_shape
+            args.append(np.zeros(shape, self.dtype) if given is None else
+                        np.ascontiguousarray(np.reshape(given, shape), dtype=self.dtype))
+        loss, *rest = self._call("loss_and_grad_seeded", args)
+        grads, cots = rest[:len(self.kernels.params)], dict(zip(self.kernels.seeded, rest[len(self.kernels.params):]))
+        initial = {}
+        for s, cot in cots.items():
+            info, ring, B = self.step.signals[s], self.kernels.rings.get(s), batch.B
+            rows = [((tau - 1) % ring if ring else tau - 1 + info.history) * B for tau in range(1 - info.history, 1)]
+            if rows:
+                initial[s] = np.stack([cot[r:r + B] for r in rows]).reshape((len(rows), B) + info.shape)
+        return float(loss), dict(zip(self.kernels.params, grads)), initial

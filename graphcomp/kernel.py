@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .check import Batch, prepare
+from . import methods
+from .check import Batch, prepare, seeds as check_seeds
 from .errors import GraphcompError, NotFinite
 from .reference import BACKENDS
 from .step import Step
@@ -22,6 +23,7 @@ class Kernel:
     def __init__(self, step: Step, backend: str, dtype: str, impl):
         self.program, self.backend, self.dtype, self._impl = step, backend, np.dtype(dtype), impl
         self._needed: dict = {}   # with_loss -> the inputs a call must give
+        self._flops: tuple | None = None   # methods.step_flops, counted at the first cost estimate
 
     @property
     def source(self) -> str:
@@ -98,14 +100,36 @@ class Kernel:
         return Stream(self, params, state)
 
     def loss_and_grad(self, params: dict, inputs: dict | None = None, lengths=None,
-                      initial: dict | None = None, *, steps: int | None = None) -> tuple[float, dict]:
+                      initial: dict | None = None, *, steps: int | None = None, method: str = "bptt",
+                      final_cotangents: dict | None = None, with_initial: bool = False, **options) -> tuple:
         """The loss L = (1/B) Σ_b Σ_{t ≤ len_b} L_b(t) and its gradient w.r.t. every parameter,
-        keyed and shaped like ``params``."""
+        keyed and shaped like ``params``.
+
+        ``method``: "bptt" (the tape of all T steps), "checkpoint" (``every=k`` steps, default
+        ≈ sqrt(T), or the longest that fits ``memory=bytes``), "tbptt" (``k1=``, ``k2=``: the
+        truncated gradient), "rtrl" (forward sensitivities), "auto" (the fewest flops within
+        ``memory=bytes``). ``final_cotangents`` {state: (k, B, ...)} seeds each sequence's last k
+        values: the gradient of L + Σ <seed, s(end)>. ``with_initial``: also return the
+        cotangents of ``initial``'s values, keyed and shaped like ``initial``: (loss, grads, initial_grads)."""
         if self.program.loss is None:
             raise GraphcompError("the model has no loss: pass loss=... to gc.Recurrence")
+        methods.check_options(self.program, method, options)
+        if method == "rtrl":
+            if final_cotangents is not None or with_initial:
+                raise GraphcompError("method='rtrl' gives the gradient of the loss w.r.t. the parameters only; "
+                                     "for final_cotangents or with_initial use 'bptt' or 'checkpoint'")
+            from .rtrl import loss_and_grad as rtrl
+            return rtrl(self, params, inputs, lengths, initial)
         batch = self._prepare(params, inputs, lengths, initial, steps, with_loss=True)
+        seeds = None
+        if final_cotangents is not None or with_initial:
+            backward = [s for s in self.program.states if self.program.signals[s].direction < 0]
+            if with_initial and backward:
+                raise GraphcompError(f"with_initial gives the cotangents of forward states' initial values, but state "
+                                     f"{backward[0]!r} runs backwards in time; call without with_initial")
+            seeds = check_seeds(self.program, final_cotangents or {}, batch.B, batch.dtype)
         with np.errstate(all="ignore"), _compile_errors():
-            loss, grads = self._impl.loss_and_grad(batch)
+            loss, grads, init = methods.run(self, batch, method, seeds, options)
         bad = [p for p, g in grads.items() if not np.all(np.isfinite(g))]
         if not np.isfinite(loss) or bad:
             with np.errstate(all="ignore"):
@@ -118,7 +142,23 @@ class Kernel:
         for p, g in grads.items():
             given = np.shape(params[p])
             out[p] = self._out(g, given) if given else self.dtype.type(g)
-        return self.dtype.type(loss), out
+        if not with_initial:
+            return self.dtype.type(loss), out
+        return self.dtype.type(loss), out, self._initial_out(init, batch)
+
+    def _initial_out(self, init: dict, batch: Batch) -> dict:
+        """Initial values' cotangents in the layout ``initial`` takes: (B, ...) for one value."""
+        out = {}
+        for s, a in init.items():
+            info = self.program.signals[s]
+            shape = ((batch.B,) if info.history == 1 else (info.history, batch.B)) + info.array_shape
+            out[s] = self._out(a, shape)
+        return out
+
+    def cost(self, method: str, T: int, B: int, **options) -> dict:
+        """Estimated flops and peak bytes of one ``loss_and_grad`` of T steps and B sequences by
+        ``method`` (options as in ``loss_and_grad``); "auto" reports the method it picks."""
+        return methods.cost(self, method, T, B, **options)
 
     def _out(self, a: np.ndarray, shape: tuple) -> np.ndarray:
         return np.ascontiguousarray(np.reshape(a, shape), dtype=self.dtype)

@@ -79,6 +79,7 @@ class LoopBackend:
     def __init__(self, step: Step):
         self.step = step
         self.adjoint: Adjoint = adjoint(step)
+        self.delayed = _delayed_inputs(step)
         self._orders = {}
 
     def _order(self, roots: tuple) -> list:
@@ -128,16 +129,26 @@ class LoopBackend:
                     outputs[o][t - 1][v] = _per_example(vals[n], n, batch.B)[v]
         return states, outputs
 
-    def loss_and_grad(self, batch: Batch) -> tuple[float, dict]:
+    def loss_and_grad(self, batch: Batch, seeds: dict | None = None) -> tuple:
+        """The loss and gradients; with ``seeds`` (state -> (K, B, ...) cotangents of each
+        sequence's last K values) also the initial values' cotangents (states and inputs)."""
         step, adj, B = self.step, self.adjoint, batch.B
         ext, pre = self._run(batch)
         cot = {s: np.zeros_like(ext[s]) for s in step.states}
+        delayed = self.delayed if seeds is not None else {}
+        cot.update({name: np.zeros_like(ext[name]) for sends in delayed.values() for name, _ in sends})
+        for s, seed in (seeds or {}).items():   # ∇s(len_b - j) starts at the seed of s's j-th last value
+            for j in range(len(seed)):
+                b = np.flatnonzero(batch.lengths - j >= 1)
+                cot[s][batch.lengths[b] - j - 1 + pre[s], b] += seed[len(seed) - 1 - j][b]
         grads = {p: np.zeros(shape) for p, shape in step.params.items()}
         loss = 0.0
 
         def send(who, t, leaf, w):
             """Add consumer ``who``'s cotangents at step t, weighted per example by w."""
             reads, params = adj.reads[who], adj.params[who]
+            if delayed:   # and to the delayed inputs' initial values, at the first steps
+                reads = {**reads, **{(n, off): g for (n, off), g in delayed[who].items() if t + off <= 0}}
             vals = self._eval([*reads.values(), *params.values()], leaf)
             for (name, off), node in reads.items():
                 cot[name][t + off - 1 + pre[name]] += _weighted(_per_example(vals[node], node, B), w)
@@ -159,7 +170,24 @@ class LoopBackend:
                     g = _weighted(cot[s][t - 1 + pre[s]], v.astype(float))
                     seed = grad_var(s, step.updates[s].shape)
                     send(s, t, self._leaf(batch, ext, pre, t, {seed: g}), np.ones(B))
-        return loss, grads
+        if seeds is None:
+            return loss, grads
+        initial = {s: cot[s][:pre[s]] for s in cot if step.signals[s].direction > 0 and pre[s]}
+        return loss, grads, initial
+
+
+def _delayed_inputs(step: Step) -> dict:
+    """Per consumer (as in ``Adjoint``), the cotangents it sends to inputs read at t - k: the
+    gradient w.r.t. their initial values, which the kernels treat as data."""
+    consumers = {s: (node, grad_var(s, node.shape)) for s, node in step.updates.items()}
+    if step.loss is not None:
+        consumers[LOSS] = (step.loss, ir.const(1))
+    out = {}
+    for who, (root, seed) in consumers.items():
+        ct = ir.vjp({root: seed})
+        out[who] = {n.attr: g for n, g in ct.items() if n.op == "read" and n.attr[1] < 0
+                    and step.signals[n.attr[0]].role == "input"}
+    return out if any(out.values()) else {}
 
 
 class UnfoldedBackend:
