@@ -1,6 +1,6 @@
 """Regenerate docs/gallery.md and its diagrams: python docs/make_gallery.py
 
-Each model of the gallery is drawn as a circuit and unfolded over a few steps (SVG, in
+Each model of the gallery (hand-written classics, then every architecture of gc.models) is drawn as a circuit and unfolded over a few steps (SVG, in
 docs/gallery/), and its equations and derived BPTT equations are written out in LaTeX."""
 from pathlib import Path
 
@@ -67,6 +67,30 @@ def bidirectional(D=3, H=4, O=2):
                          outputs={"o": V_f * f(t) + V_g * g(t)}, loss=gc.mse(gc.signal("o", O)(t), y(t)))
 
 
+M = gc.models
+LIBRARY = [   # every architecture of gc.models, small enough to read
+    ("models_elman", "gc.models.elman, 2 layers", lambda: M.elman(2, 3, 2, layers=2),
+     "Elman's network stacked: layer 2 reads layer 1's state at the same step (no delay square between them)."),
+    ("models_jordan", "gc.models.jordan", lambda: M.jordan(2, 3, 2),
+     "Jordan's network: the hidden layer reads the previous output o(t-1), which is a state."),
+    ("models_jordan_tf", "gc.models.jordan, teacher_forcing=True", lambda: M.jordan(2, 3, 2, teacher_forcing=True),
+     "Teacher forcing: the hidden layer reads the previous target y(t-1) instead; o is a plain output, "
+     "so training has no recurrence through time left."),
+    ("models_lstm_peephole", "gc.models.lstm, peephole=True", lambda: M.lstm(2, 3, 2, peephole=True),
+     "An LSTM whose gates also read the cell (p_i, p_f on c(t-1), p_o on c(t))."),
+    ("models_gru_original", "gc.models.gru, variant=\"original\"", lambda: M.gru(2, 3, 2, variant="original"),
+     "Cho et al.'s GRU: the reset gate scales h(t-1) before the product with W_n."),
+    ("models_leaky", "gc.models.leaky, alpha=\"learned\"", lambda: M.leaky(2, 3, 2, alpha="learned"),
+     "Leaky-integrator units with learned per-unit rates α = σ(alpha_logit), kept in (0, 1) by the sigmoid."),
+    ("models_bidirectional", "gc.models.gru, bidirectional=True", lambda: M.gru(2, 3, 2, bidirectional=True),
+     "A forward and a backward GRU (h_bw reads h_bw(t+1), red square); the readout reads [h; h_bw]."),
+    ("models_seq2seq", "gc.models.seq2seq (encoder–decoder)", lambda: M.seq2seq(2, 3, 2, cell="elman"),
+     "One state on one time axis: src(t) = 1 on source steps selects the encoder's weights, 0 the decoder's, "
+     "which reads the previous target y(t-1); the loss counts target steps only."),
+    ("models_esn", "gc.models.esn (echo-state network)", lambda: M.esn(1, 3, 1, leak=0.5),
+     "A leaky reservoir W, U, b drawn at a given spectral radius and kept fixed; only V and b_V are trained."),
+]
+
 GALLERY = [
     ("scalar_map", "A damped nonlinear map", scalar_map,
      "The scalar map of a dynamical system driven by an input: one state, one delayed self-edge."),
@@ -81,7 +105,7 @@ GALLERY = [
      "A state that reads itself one and three steps back: two delay squares, marked 1 and 3."),
     ("bidirectional", "Bidirectional network", bidirectional,
      "f runs forward in time, g reads g(t+1) and runs backwards (red); the output combines both."),
-]
+] + LIBRARY
 
 
 def main() -> None:
@@ -94,6 +118,9 @@ def main() -> None:
              "steps ahead (the state runs backwards in time). Unfolded, each column is one time step and "
              "every step carries the same parameter labels: the parameters are shared.", ""]
     for key, title, make, text in GALLERY:
+        if key == LIBRARY[0][0]:
+            lines += ["---", "", "The rest of the gallery is the model library, `gc.models` (guide, section 7), "
+                      "at small sizes: what each function returns, drawn and derived like any recurrence.", ""]
         model = make()
         for kind, steps in (("circuit", None), ("unfolded", 4)):
             graph = model.draw(kind, steps=steps)

@@ -1,10 +1,11 @@
 """The model library: the classic recurrent networks, written in the public DSL.
 
 Each function returns a ``Model``, a ``gc.Recurrence`` that also knows how its parameters are
-initialised (``init``). Textbook names throughout: ``x`` the input, ``h`` the hidden state,
-``o = V top(t) + b_V`` the readout and ``y`` the target of the per-step loss. In a weight's
-name, ``W`` multiplies the previous state and ``U`` the layer's input (PyTorch's
-``weight_hh`` and ``weight_ih``); a gate's weights carry its letter (``W_f``, ``U_f``, ``b_f``).
+initialised (``init``) and which of them to train (``trainable``). Textbook names throughout:
+``x`` the input, ``h`` the hidden state, ``o = V top(t) + b_V`` the readout and ``y`` the target
+of the per-step loss. In a weight's name, ``W`` multiplies the previous state and ``U`` the
+layer's input (PyTorch's ``weight_hh`` and ``weight_ih``); a gate's weights carry its letter
+(``W_f``, ``U_f``, ``b_f``).
 
 Common keyword arguments:
 
@@ -18,7 +19,8 @@ Common keyword arguments:
   the input, the output and the target."""
 from __future__ import annotations
 
-from typing import Callable
+import numbers
+from typing import Callable, Sequence
 
 import numpy as np
 import sympy as sp
@@ -33,11 +35,14 @@ LOSSES = ("mse", "cross_entropy", None)
 
 class Model(Recurrence):
     """A library model: a ``gc.Recurrence`` plus the rule that initialises each parameter
-    (``"glorot"``, ``"orthogonal"``, ``"forget"`` for an LSTM's forget bias, or a constant)."""
+    (``"glorot"``, ``"orthogonal"``, ``"forget"`` for an LSTM's forget bias, a constant, or a
+    function ``rule(rng, shape)``) and the parameters to train (``trainable``: all of them,
+    except an echo-state network's fixed reservoir)."""
 
-    def __init__(self, updates: dict, outputs: dict, loss, rules: dict):
+    def __init__(self, updates: dict, outputs: dict, loss, rules: dict, trainable: list | None = None):
         super().__init__(updates, outputs, loss)
         self.rules = rules
+        self.trainable = self.params if trainable is None else trainable
 
     def init_params(self, seed: int = 0) -> dict[str, np.ndarray]:
         """The architecture's initialisation (see ``gc.models.init``)."""
@@ -60,34 +65,42 @@ def elman(D: int, H: int, O: int, *, activation: str = "tanh", layers: int = 1, 
     ['U', 'W', 'b', 'V', 'b_V']"""
     D, H, O = _sizes("elman", D, H, O)
     act = ACTIVATIONS[_choice("elman", "activation", activation, ACTIVATIONS)]
-
-    def cell(inp, n_in, name, d):
-        h, W, U, b = signal(name("h"), H), param(name("W"), H, H), param(name("U"), H, n_in), param(name("b"), H)
-        return {h(t): act(W * h(t + d) + U * inp + b)}, h, _rules(W, U, b)
-
-    return _network("elman", cell, D, H, O, layers, bidirectional, loss, prefix, x, o, y)
+    return _network("elman", _elman_cell(H, act), D, H, O, layers, bidirectional, loss, prefix, x, o, y)
 
 
-def jordan(D: int, H: int, O: int, *, activation: str = "tanh", loss: str | None = "mse", prefix: str = "",
-           x: str = "x", o: str = "o", y: str = "y") -> Model:
+def jordan(D: int, H: int, O: int, *, activation: str = "tanh", teacher_forcing: bool = False, layers: int = 1,
+           bidirectional: bool = False, loss: str | None = "mse", prefix: str = "", x: str = "x", o: str = "o",
+           y: str = "y") -> Model:
     """Jordan's network: the hidden layer reads the previous *output*, not its own state::
 
         h(t) = act(W o(t-1) + U x(t) + b)        o(t) = V h(t) + b_V
 
-    ``o`` is a state (read at t-1) and the model's output. Parameters ``W`` (H x O),
-    ``U`` (H x D), ``b`` (H), ``V`` (O x H), ``b_V`` (O).
+    ``o`` is a state (read at t-1) and the model's output. With ``teacher_forcing=True`` the
+    hidden layer reads the previous *target* instead, ``h(t) = act(W y(t-1) + U x(t) + b)``,
+    and ``o`` is a plain output: train that model, then run the free-running one (same
+    parameter names) with the trained parameters. Parameters ``W`` (H x O), ``U`` (H x D),
+    ``b`` (H), ``V`` (O x H), ``b_V`` (O). The feedback runs through the single output, so
+    there is one hidden layer and one direction.
 
     >>> model = gc.models.jordan(3, 8, 2)
     >>> model.states
     ['h', 'o']"""
     D, H, O = _sizes("jordan", D, H, O)
     act = ACTIVATIONS[_choice("jordan", "activation", activation, ACTIVATIONS)]
+    _flag("jordan", "teacher_forcing", teacher_forcing)
+    if layers != 1 or bidirectional is not False:
+        raise GraphcompError("jordan: the recurrence runs through the output o(t-1), so the network has one hidden "
+                             "layer and runs forward only; for layers=... or bidirectional=True use elman, lstm or gru")
     _names("jordan", prefix, x, o, y)
     xs, h, out = signal(x, D), signal(prefix + "h", H), signal(o, O)
     W, U, b = param(prefix + "W", H, O), param(prefix + "U", H, D), param(prefix + "b", H)
     V, b_V = param(prefix + "V", O, H), param(prefix + "b_V", O)
-    updates = {h(t): act(W * out(t - 1) + U * xs(t) + b), out(t): V * h(t) + b_V}
-    return Model(updates, {}, _loss("jordan", loss, out(t), O, y), {**_rules(W, U, b), **_rules(None, V, b_V)})
+    fed = signal(y, O) if teacher_forcing else out
+    updates = {h(t): act(W * fed(t - 1) + U * xs(t) + b)}
+    outputs = {o: V * h(t) + b_V} if teacher_forcing else {}
+    if not teacher_forcing:
+        updates[out(t)] = V * h(t) + b_V
+    return Model(updates, outputs, _loss("jordan", loss, out(t), O, y), {**_rules(W, U, b), **_rules(None, V, b_V)})
 
 
 def lstm(D: int, H: int, O: int, *, peephole: bool = False, layers: int = 1, bidirectional: bool = False,
@@ -108,25 +121,7 @@ def lstm(D: int, H: int, O: int, *, peephole: bool = False, layers: int = 1, bid
     ['c1', 'h1', 'c2', 'h2']"""
     D, H, O = _sizes("lstm", D, H, O)
     _flag("lstm", "peephole", peephole)
-
-    def cell(inp, n_in, name, d):
-        h, c = signal(name("h"), H), signal(name("c"), H)
-        W = {g: param(name(f"W_{g}"), H, H) for g in "ifgo"}
-        U = {g: param(name(f"U_{g}"), H, n_in) for g in "ifgo"}
-        b = {g: param(name(f"b_{g}"), H) for g in "ifgo"}
-        pre = {g: W[g] * h(t + d) + U[g] * inp + b[g] for g in "ifgo"}
-        rules = {n: r for g in "ifgo" for n, r in _rules(W[g], U[g], b[g]).items()}
-        rules[b["f"].name] = "forget"
-        if peephole:
-            p = {g: param(name(f"p_{g}"), H) for g in "ifo"}
-            pre = {"i": pre["i"] + hadamard(p["i"], c(t + d)), "f": pre["f"] + hadamard(p["f"], c(t + d)),
-                   "g": pre["g"], "o": pre["o"] + hadamard(p["o"], c(t))}
-            rules.update({v.name: 0.0 for v in p.values()})
-        i, f, g, og = sigmoid(pre["i"]), sigmoid(pre["f"]), tanh(pre["g"]), sigmoid(pre["o"])
-        updates = {c(t): hadamard(f, c(t + d)) + hadamard(i, g), h(t): hadamard(og, tanh(c(t)))}
-        return updates, h, rules
-
-    return _network("lstm", cell, D, H, O, layers, bidirectional, loss, prefix, x, o, y)
+    return _network("lstm", _lstm_cell(H, peephole), D, H, O, layers, bidirectional, loss, prefix, x, o, y)
 
 
 def gru(D: int, H: int, O: int, *, variant: str = "pytorch", layers: int = 1, bidirectional: bool = False,
@@ -146,9 +141,185 @@ def gru(D: int, H: int, O: int, *, variant: str = "pytorch", layers: int = 1, bi
     ['h', 'h_bw']"""
     D, H, O = _sizes("gru", D, H, O)
     variant = _choice("gru", "variant", variant, ("pytorch", "original"))
+    return _network("gru", _gru_cell(H, variant), D, H, O, layers, bidirectional, loss, prefix, x, o, y)
 
-    def cell(inp, n_in, name, d):
-        h = signal(name("h"), H)
+
+def leaky(D: int, H: int, O: int, *, alpha: float | str = 0.5, layers: int = 1, bidirectional: bool = False,
+          loss: str | None = "mse", prefix: str = "", x: str = "x", o: str = "o", y: str = "y") -> Model:
+    """A leaky-integrator network: each unit moves a fraction α of the way to its target::
+
+        h(t) = (1 - α) ⊙ h(t-1) + α ⊙ tanh(W h(t-1) + U x(t) + b)        o(t) = V h(t) + b_V
+
+    ``alpha`` is a constant in (0, 1], or ``"learned"``: per-unit rates ``α = σ(alpha_logit)``
+    with a trained parameter vector ``alpha_logit`` (H), initialised to 0 (α = 0.5). The
+    sigmoid keeps every rate in (0, 1) whatever the optimizer does, so a unit can neither
+    overshoot its target nor run away. Parameters ``W`` (H x H), ``U`` (H x D), ``b`` (H).
+
+    >>> model = gc.models.leaky(3, 8, 2, alpha="learned")
+    >>> model.params
+    ['U', 'W', 'b', 'alpha_logit', 'V', 'b_V']"""
+    D, H, O = _sizes("leaky", D, H, O)
+    if alpha != "learned":
+        _fraction("leaky", "alpha", alpha, " or 'learned' (per-unit rates)")
+    return _network("leaky", _leaky_cell(H, alpha), D, H, O, layers, bidirectional, loss, prefix, x, o, y)
+
+
+def esn(D: int, H: int, O: int, *, spectral_radius: float = 0.9, density: float = 0.1, input_scaling: float = 1.0,
+        leak: float = 1.0, loss: str | None = "mse", prefix: str = "", x: str = "x", o: str = "o",
+        y: str = "y") -> Model:
+    """An echo-state network: a fixed random reservoir of leaky units and a trained readout::
+
+        h(t) = (1 - a) h(t-1) + a tanh(W h(t-1) + U x(t) + b)        o(t) = V h(t) + b_V
+
+    ``init_params(seed)`` draws the reservoir: ``W`` (H x H) with a fraction ``density`` of
+    nonzero weights, uniform in (-1, 1), then scaled so that its spectral radius (largest
+    |eigenvalue|) is ``spectral_radius``; ``U`` (H x D) and ``b`` (H) uniform in
+    ``(-input_scaling, input_scaling)``; ``a`` is the leak rate ``leak``. Only the readout
+    ``V``, ``b_V`` is trained: ``model.trainable`` names them, for
+    ``gc.Trainer(model, optimizer, train=model.trainable)``.
+
+    >>> model = gc.models.esn(1, 100, 1, spectral_radius=0.95)
+    >>> model.trainable
+    ['V', 'b_V']"""
+    D, H, O = _sizes("esn", D, H, O)
+    radius = _positive("esn", "spectral_radius", spectral_radius)
+    density = _fraction("esn", "density", density)
+    scale = _positive("esn", "input_scaling", input_scaling)
+    leaky_cell, uniform = _leaky_cell(H, _fraction("esn", "leak", leak)), _uniform(scale)
+
+    def cell(inp, n_in, state, name, d):
+        updates, h, _ = leaky_cell(inp, n_in, state, name, d)
+        return updates, h, {name("W"): _reservoir(radius, density), name("U"): uniform, name("b"): uniform}
+
+    model = _network("esn", cell, D, H, O, 1, False, loss, prefix, x, o, y)
+    model.trainable = [prefix + "V", prefix + "b_V"]
+    return model
+
+
+class Seq2Seq(Model):
+    """An encoder–decoder on one time axis: each sequence's source steps, then its target
+    steps, the input flag ``src`` (1 on a source step, 0 on a target step) switching from the
+    encoder's weights to the decoder's. ``pack`` lays pairs out so; ``decode`` runs free."""
+
+    def __init__(self, updates, outputs, loss, rules, D: int, O: int, names: tuple, loss_kind: str | None):
+        super().__init__(updates, outputs, loss, rules)
+        self.D, self.O, self.loss_kind = D, O, loss_kind
+        self.x, self.o, self.y, self.src = names
+
+    def pack(self, sources: Sequence, targets: Sequence) -> tuple[dict, np.ndarray]:
+        """Source/target pairs -> ``(inputs, lengths)`` for a kernel or a trainer. Sequence b
+        holds ``sources[b]`` (S_b, D) at t = 1..S_b and ``targets[b]`` (T_b, O) at
+        t = S_b+1..S_b+T_b, so ``lengths[b] = S_b + T_b``; every other entry is zero."""
+        if len(sources) != len(targets) or not len(sources):
+            raise GraphcompError(f"seq2seq.pack needs as many targets as sources (at least one), got "
+                                 f"{len(sources)} sources and {len(targets)} targets")
+        sources = [_rows("source", i, s, self.D) for i, s in enumerate(sources)]
+        targets = [_rows("target", i, s, self.O) for i, s in enumerate(targets)]
+        S, L = np.array([len(s) for s in sources]), np.array([len(s) + len(g) for s, g in zip(sources, targets)])
+        steps, B = int(L.max()), len(sources)
+        xs, ys, flag = np.zeros((steps, B, self.D)), np.zeros((steps, B, self.O)), np.zeros((steps, B))
+        for b, (s, g) in enumerate(zip(sources, targets)):
+            xs[:S[b], b], ys[S[b]:L[b], b], flag[:S[b], b] = s, g, 1.0
+        return {self.x: xs, self.y: ys, self.src: flag}, L
+
+    def decode(self, kernel, params: dict, sources: Sequence, steps: int) -> np.ndarray:
+        """Free-running greedy decoding: ``steps`` target steps after each source, each one's
+        prediction (the one-hot of its argmax under a cross-entropy loss, else the output
+        itself) fed back as the next step's previous target. Returns ``(steps, B, O)``.
+        It reruns ``kernel.forward`` once per step: meant for short targets."""
+        if not is_count(steps):
+            raise GraphcompError(f"seq2seq.decode: steps={steps!r} must be a positive number of target steps")
+        made = np.zeros((0, len(sources), self.O))
+        for _ in range(steps):
+            inputs, lengths = self.pack(sources, [np.vstack([m, np.zeros((1, self.O))]) for m in made.swapaxes(0, 1)])
+            last = kernel.forward(params, inputs, lengths)[self.o][lengths - 1, np.arange(len(sources))]
+            pick = np.eye(self.O)[last.argmax(-1)] if self.loss_kind == "cross_entropy" else last
+            made = np.concatenate([made, pick[None]])
+        return made
+
+
+SEQ2SEQ_CELLS = {"elman": lambda H: _elman_cell(H, tanh), "lstm": lambda H: _lstm_cell(H, False),
+                 "gru": lambda H: _gru_cell(H, "pytorch")}
+
+
+def seq2seq(D: int, H: int, O: int, *, cell: str = "gru", layers: int = 1, loss: str | None = "cross_entropy",
+            prefix: str = "", x: str = "x", o: str = "o", y: str = "y", src: str = "src") -> Seq2Seq:
+    """Encoder–decoder (Sutskever et al., 2014): the encoder reads the source, its final state
+    starts the decoder, which reads the previous target and predicts the next. Both share
+    one time axis and one state; the input flag ``src(t)`` (1 on source steps) picks the
+    weights::
+
+        h(t) = src(t) enc(h(t-1), x(t)) + (1 - src(t)) dec(h(t-1), y(t-1))
+        o(t) = V h(t) + b_V        L(t) = (1 - src(t)) loss(o(t), y(t))
+
+    ``enc`` and ``dec`` are ``cell`` steps (``"elman"``, ``"lstm"`` or ``"gru"``) with their
+    own weights (``enc_W``, ``dec_U``, …); an LSTM switches ``c`` and ``h`` alike. The decoder
+    reads ``y(t-1)``: teacher forcing, the first target step reading zeros (the start token).
+    ``model.pack(sources, targets)`` lays pairs of any lengths out with their ``lengths``;
+    ``model.decode(kernel, params, sources, steps)`` generates without the targets.
+
+    >>> model = gc.models.seq2seq(4, 16, 4)
+    >>> inputs, lengths = model.pack([np.eye(4)[[0, 1, 2]]], [np.eye(4)[[2, 1, 0]]])
+    >>> lengths
+    array([6])"""
+    D, H, O = _sizes("seq2seq", D, H, O)
+    make = SEQ2SEQ_CELLS[_choice("seq2seq", "cell", cell, SEQ2SEQ_CELLS)]
+    if not is_count(layers):
+        raise GraphcompError(f"seq2seq: layers={layers!r} must be an integer >= 1 (the number of stacked layers)")
+    _names("seq2seq", prefix, x, o, y, src)
+    on = signal(src)(t)
+    updates, rules = {}, {}
+    inputs = {"enc_": (signal(x, D)(t), D), "dec_": (signal(y, O)(t - 1), O)}
+    for k in range(1, layers + 1):
+        state = lambda base, k=k: prefix + base + (str(k) if layers > 1 else "")
+        step = {}
+        for side, (inp, n_in) in inputs.items():
+            step[side], h, r = make(H)(inp, n_in, state, lambda base, s=side: state(s + base), -1)
+            rules.update(r)
+        # src enc + (1 - src) dec, written so that sympy's printers need no parentheses
+        updates.update({s: d + on * (step["enc_"][s] - d) for s, d in step["dec_"].items()})
+        inputs = dict.fromkeys(inputs, (h(t), H))
+    V, b_V = param(prefix + "V", O, H), param(prefix + "b_V", O)
+    rules.update(_rules(None, V, b_V))
+    per_step = _loss("seq2seq", loss, signal(o, O)(t), O, y)
+    return Seq2Seq(updates, {o: V * h(t) + b_V}, None if per_step is None else (1 - on) * per_step, rules,
+                   D, O, (x, o, y, src), loss)
+
+
+# ---------------------------------------------------------------- cells
+# A cell maps (its input, the input's size, state names, parameter names, d) to its updates,
+# its output state and its parameters' initialisation rules; d = -1 reads h(t-1), d = +1 h(t+1).
+
+def _elman_cell(H: int, act: Callable) -> Callable:
+    def cell(inp, n_in, state, name, d):
+        h, W, U, b = signal(state("h"), H), param(name("W"), H, H), param(name("U"), H, n_in), param(name("b"), H)
+        return {h(t): act(W * h(t + d) + U * inp + b)}, h, _rules(W, U, b)
+    return cell
+
+
+def _lstm_cell(H: int, peephole: bool) -> Callable:
+    def cell(inp, n_in, state, name, d):
+        h, c = signal(state("h"), H), signal(state("c"), H)
+        W = {g: param(name(f"W_{g}"), H, H) for g in "ifgo"}
+        U = {g: param(name(f"U_{g}"), H, n_in) for g in "ifgo"}
+        b = {g: param(name(f"b_{g}"), H) for g in "ifgo"}
+        pre = {g: W[g] * h(t + d) + U[g] * inp + b[g] for g in "ifgo"}
+        rules = {n: r for g in "ifgo" for n, r in _rules(W[g], U[g], b[g]).items()}
+        rules[b["f"].name] = "forget"
+        if peephole:
+            p = {g: param(name(f"p_{g}"), H) for g in "ifo"}
+            pre = {"i": pre["i"] + hadamard(p["i"], c(t + d)), "f": pre["f"] + hadamard(p["f"], c(t + d)),
+                   "g": pre["g"], "o": pre["o"] + hadamard(p["o"], c(t))}
+            rules.update({v.name: 0.0 for v in p.values()})
+        i, f, g, og = sigmoid(pre["i"]), sigmoid(pre["f"]), tanh(pre["g"]), sigmoid(pre["o"])
+        updates = {c(t): hadamard(f, c(t + d)) + hadamard(i, g), h(t): hadamard(og, tanh(c(t)))}
+        return updates, h, rules
+    return cell
+
+
+def _gru_cell(H: int, variant: str) -> Callable:
+    def cell(inp, n_in, state, name, d):
+        h = signal(state("h"), H)
         W = {g: param(name(f"W_{g}"), H, H) for g in "rzn"}
         U = {g: param(name(f"U_{g}"), H, n_in) for g in "rzn"}
         b = {g: param(name(f"b_{g}"), H) for g in "rzn"}
@@ -162,37 +333,21 @@ def gru(D: int, H: int, O: int, *, variant: str = "pytorch", layers: int = 1, bi
         else:
             n = tanh(W["n"] * hadamard(r, h(t + d)) + U["n"] * inp + b["n"])
         return {h(t): n + hadamard(z, h(t + d) - n)}, h, rules
+    return cell
 
-    return _network("gru", cell, D, H, O, layers, bidirectional, loss, prefix, x, o, y)
 
-
-def leaky(D: int, H: int, O: int, *, alpha: float | str = 0.5, layers: int = 1, bidirectional: bool = False,
-          loss: str | None = "mse", prefix: str = "", x: str = "x", o: str = "o", y: str = "y") -> Model:
-    """A leaky-integrator network: each unit moves a fraction α of the way to its target::
-
-        h(t) = (1 - α) ⊙ h(t-1) + α ⊙ tanh(W h(t-1) + U x(t) + b)        o(t) = V h(t) + b_V
-
-    ``alpha`` is a constant in (0, 1], or ``"learned"``: a per-unit parameter vector
-    ``alpha`` (H), initialised to 0.5 and trained, unconstrained, like any other parameter.
-    Parameters ``W`` (H x H), ``U`` (H x D), ``b`` (H).
-
-    >>> model = gc.models.leaky(3, 8, 2, alpha="learned")
-    >>> model.params
-    ['U', 'W', 'b', 'alpha', 'V', 'b_V']"""
-    D, H, O = _sizes("leaky", D, H, O)
-    if alpha != "learned" and not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and 0 < alpha <= 1):
-        raise GraphcompError(f"leaky: alpha={alpha!r} must be a number in (0, 1] or 'learned' (a per-unit vector)")
-
-    def cell(inp, n_in, name, d):
-        h, W, U, b = signal(name("h"), H), param(name("W"), H, H), param(name("U"), H, n_in), param(name("b"), H)
+def _leaky_cell(H: int, alpha: float | str) -> Callable:
+    def cell(inp, n_in, state, name, d):
+        h, W, U, b = signal(state("h"), H), param(name("W"), H, H), param(name("U"), H, n_in), param(name("b"), H)
         target, rules = tanh(W * h(t + d) + U * inp + b), _rules(W, U, b)
+        if alpha == 1:
+            return {h(t): target}, h, rules
         if alpha != "learned":
             a = sp.Float(alpha)
             return {h(t): (1 - a) * h(t + d) + a * target}, h, rules
-        a = param(name("alpha"), H)    # (1 - α) ⊙ h written h + α ⊙ (target - h): no ones vector needed
-        return {h(t): h(t + d) + hadamard(a, target - h(t + d))}, h, rules | {a.name: 0.5}
-
-    return _network("leaky", cell, D, H, O, layers, bidirectional, loss, prefix, x, o, y)
+        a = param(name("alpha_logit"), H)   # (1 - α) ⊙ h written h + α ⊙ (target - h): no ones vector needed
+        return {h(t): h(t + d) + hadamard(sigmoid(a), target - h(t + d))}, h, rules | {a.name: 0.0}
+    return cell
 
 
 # ---------------------------------------------------------------- initialisation
@@ -200,7 +355,8 @@ def leaky(D: int, H: int, O: int, *, alpha: float | str = 0.5, layers: int = 1, 
 def init(model: Recurrence, seed: int = 0, *, forget_bias: float = 1.0) -> dict[str, np.ndarray]:
     """Seeded parameters for a library model, shaped as its kernels take them: input and
     readout weights Glorot-uniform, recurrent weights orthogonal, biases zero, an LSTM's
-    forget bias ``forget_bias``. The same seed gives the same arrays.
+    forget bias ``forget_bias``, an echo-state reservoir at its spectral radius. The same seed
+    gives the same arrays.
 
     >>> params = gc.models.init(gc.models.lstm(3, 8, 2), seed=0)
     >>> params["W_f"].shape, float(params["b_f"][0])
@@ -211,14 +367,16 @@ def init(model: Recurrence, seed: int = 0, *, forget_bias: float = 1.0) -> dict[
                              "gc.Recurrence use model.init_params(seed)")
     rng = np.random.default_rng(seed)
     out = {}
-    for p, shape in model.step.params.items():
-        shape = shape[:1] if shape[1:] == (1,) else shape
+    for p, full in model.step.params.items():
+        shape = full[:1] if full[1:] == (1,) else full   # a column (n, 1) is given as (n,)
         rule = rules[p]
-        if rule == "glorot":
-            limit = np.sqrt(6.0 / (shape[0] + shape[1]))
+        if callable(rule):
+            out[p] = rule(rng, shape)
+        elif rule == "glorot":   # fans of the matrix, a column included
+            limit = np.sqrt(6.0 / (full[0] + full[1]))
             out[p] = rng.uniform(-limit, limit, shape)
         elif rule == "orthogonal":
-            out[p] = orthogonal(rng, shape)
+            out[p] = orthogonal(rng, full).reshape(shape)
         else:
             out[p] = np.full(shape, forget_bias if rule == "forget" else float(rule))
     return out
@@ -231,6 +389,22 @@ def orthogonal(rng: np.random.Generator, shape: tuple) -> np.ndarray:
     q, r = np.linalg.qr(rng.normal(size=(max(m, n), min(m, n))))
     q = q * np.sign(np.diag(r))
     return q if m >= n else q.T
+
+
+def _reservoir(radius: float, density: float) -> Callable:
+    """The rule of an echo-state reservoir: sparse uniform weights scaled to ``radius``."""
+    def rule(rng, shape):
+        W = rng.uniform(-1.0, 1.0, shape) * (rng.random(shape) < density)
+        largest = np.abs(np.linalg.eigvals(W)).max()
+        if largest == 0:
+            raise GraphcompError(f"esn: this random reservoir ({shape[0]} units, density={density}) has no nonzero "
+                                 "eigenvalue to scale to the spectral radius; raise density or the number of units")
+        return W * (radius / largest)
+    return rule
+
+
+def _uniform(scale: float) -> Callable:
+    return lambda rng, shape: rng.uniform(-scale, scale, shape)
 
 
 # ---------------------------------------------------------------- shared construction
@@ -248,7 +422,8 @@ def _network(kind: str, cell: Callable, D: int, H: int, O: int, layers: int, bid
         outs = []
         for d in ((-1, 1) if bidirectional else (-1,)):
             suffix = (str(k) if layers > 1 else "") + ("_bw" if d > 0 else "")
-            u, h, r = cell(top, n_in, lambda base, s=suffix: prefix + base + s, d)
+            name = lambda base, s=suffix: prefix + base + s
+            u, h, r = cell(top, n_in, name, name, d)
             updates.update(u)
             rules.update(r)
             outs.append(h(t))
@@ -298,3 +473,24 @@ def _names(kind: str, prefix: str, *signals: str) -> None:
             raise GraphcompError(f"{kind}: signal name {s!r} must be a Python identifier, like 'x'")
     if len(set(signals)) < len(signals):
         raise GraphcompError(f"{kind}: the input, output and target names {signals} must differ")
+
+
+def _positive(kind: str, what: str, value) -> float:
+    if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0 and np.isfinite(value)):
+        raise GraphcompError(f"{kind}: {what}={value!r} must be a positive number")
+    return float(value)
+
+
+def _fraction(kind: str, what: str, value, other: str = "") -> float:
+    if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 < value <= 1):
+        raise GraphcompError(f"{kind}: {what}={value!r} must be a number in (0, 1]{other}")
+    return float(value)
+
+
+def _rows(what: str, i: int, a, n: int) -> np.ndarray:
+    """One sequence of a seq2seq pair as a (steps, n) float array."""
+    a = np.asarray(a, dtype=float)
+    if a.ndim != 2 or a.shape[1] != n or not len(a):
+        raise GraphcompError(f"seq2seq.pack: {what} {i} has shape {a.shape}; each {what} must be (steps, {n}), "
+                             "steps >= 1")
+    return a
