@@ -6,14 +6,16 @@ runs it in compiled kernels."""
 from .declare import (concat, cross_entropy, elementwise, exp, hadamard, log, mse, param, relu,
                       sigmoid, signal, t, tanh)
 from .errors import GraphcompError
+from .generate import generate
 from .kernel import Kernel, compile, export
 from . import models
 from .recurrence import Recurrence
 from . import optim
+from . import rtrl
 from .train import History, Trainer
 
 __version__ = "0.1.0"
 
 __all__ = ["t", "signal", "param", "Recurrence", "compile", "export", "Kernel", "GraphcompError", "tanh",
            "sigmoid", "relu", "exp", "log", "elementwise", "hadamard", "concat", "mse",
-           "cross_entropy", "models", "optim", "Trainer", "History"]
+           "cross_entropy", "models", "optim", "rtrl", "Trainer", "History", "generate"]
