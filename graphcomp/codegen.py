@@ -953,8 +953,7 @@ class KernelSource:
             if info.shape:
                 _length(info.shape)   # raises for a matrix-valued signal
         self.step = fused_step(step)
-        self.margins = {n: (max(0, -min(i.offsets, default=0)), max(0, max(i.offsets, default=0)))
-                        for n, i in step.signals.items()}
+        self.margins = {n: i.margins for n, i in step.signals.items()}
         self.params = dict(step.params)
         self.boundary = _boundary(self.step)
         self.adjoint = adjoint(self.step, loss_seed=LOSS_SEED, wrt=frozenset(self.boundary))

@@ -41,19 +41,20 @@ def check_options(step, method: str, options: dict) -> None:
             raise GraphcompError(f"tbptt backpropagates each chunk's k1 steps through the last k2, so k2 must "
                                  f"be at least k1; got k1={k1}, k2={k2}")
     if method in ("checkpoint", "tbptt"):
-        _check_cuttable(step, method)
+        check_cuttable(step, f"method={method!r}", "use method='bptt'")
 
 
-def _check_cuttable(step, method: str) -> None:
-    """Segments need every read to look back only: no backward state, no input read ahead."""
+def check_cuttable(step, what: str, instead: str) -> None:
+    """Segments need every read to look back only: no backward state, no input read ahead.
+    ``what`` cuts time; ``instead`` says what to do."""
     for name, info in step.signals.items():
-        ahead = max(info.offsets, default=0)
+        ahead = info.margins[1]
         if info.role == "state" and info.direction < 0:
-            raise GraphcompError(f"method={method!r} cuts time into segments, but state {name!r} runs backwards "
-                                 f"in time ({name}(t+{ahead})) and needs the whole sequence; use method='bptt'")
+            raise GraphcompError(f"{what} cuts time into segments, but state {name!r} runs backwards "
+                                 f"in time ({name}(t+{ahead})) and needs the whole sequence; {instead}")
         if ahead > 0:
-            raise GraphcompError(f"method={method!r} cuts time into segments, but {name!r} is read at "
-                                 f"{name}(t+{ahead}), across a segment's end; use method='bptt'")
+            raise GraphcompError(f"{what} cuts time into segments, but {name!r} is read at "
+                                 f"{name}(t+{ahead}), across a segment's end; {instead}")
 
 
 # ---------------------------------------------------------------- segments
@@ -202,7 +203,7 @@ def _timeline_floats(step, T: int) -> int:
     """Floats per example of the signals' timelines a call allocates (inputs with margins only)."""
     total = 0
     for info in step.signals.values():
-        before, after = max(0, -min(info.offsets, default=0)), max(0, max(info.offsets, default=0))
+        before, after = info.margins
         if info.role == "state" or before + after:
             total += (T + before + after) * max(1, math.prod(info.shape))
     return total

@@ -106,6 +106,7 @@ class Optimizer:
     """Per-parameter state (``slots``) and an in-place update. ``lr`` is a number or a
     schedule step -> lr (``step`` counts updates from 0)."""
     slots: tuple = ()
+    hyper_names: tuple = ()   # the attributes the compiled rule reads, in its order
 
     def __init__(self, lr: Rate, weight_decay: float = 0.0):
         self.rate = _as_schedule(lr)
@@ -126,8 +127,8 @@ class Optimizer:
             self.rule(params[name].reshape(-1), np.asarray(g, np.float64).reshape(-1), *slots, lr, h, step)
 
     def hyper(self) -> np.ndarray:
-        """The hyperparameters the compiled rule reads, in its order."""
-        raise NotImplementedError
+        """The hyperparameters the compiled rule reads (``h``): the attributes ``hyper_names``."""
+        return np.hstack([getattr(self, n) for n in self.hyper_names]).astype(np.float64)
 
     def config(self) -> dict:
         """What identifies this optimizer in a checkpoint."""
@@ -147,9 +148,7 @@ class SGD(Optimizer):
         self.momentum, self.nesterov, self.dampening = float(momentum), bool(nesterov), float(dampening)
 
     rule = staticmethod(_sgd)
-
-    def hyper(self) -> np.ndarray:
-        return np.array([self.momentum, self.dampening, self.nesterov, self.weight_decay])
+    hyper_names = ("momentum", "dampening", "nesterov", "weight_decay")
 
 
 class Adam(Optimizer):
@@ -165,9 +164,7 @@ class Adam(Optimizer):
         self.betas, self.eps, self.decoupled = tuple(map(float, betas)), float(eps), bool(decoupled)
 
     rule = staticmethod(_adam)
-
-    def hyper(self) -> np.ndarray:
-        return np.array([*self.betas, self.eps, self.weight_decay, self.decoupled])
+    hyper_names = ("betas", "eps", "weight_decay", "decoupled")
 
 
 class RMSProp(Optimizer):
@@ -179,9 +176,7 @@ class RMSProp(Optimizer):
         self.alpha, self.eps = float(alpha), float(eps)
 
     rule = staticmethod(_rmsprop)
-
-    def hyper(self) -> np.ndarray:
-        return np.array([self.alpha, self.eps, self.weight_decay])
+    hyper_names = ("alpha", "eps", "weight_decay")
 
 
 class AdaGrad(Optimizer):
@@ -193,9 +188,7 @@ class AdaGrad(Optimizer):
         self.eps = float(eps)
 
     rule = staticmethod(_adagrad)
-
-    def hyper(self) -> np.ndarray:
-        return np.array([self.eps, self.weight_decay])
+    hyper_names = ("eps", "weight_decay")
 
 
 def clip(grads: dict, norm: float | None = None, value: float | None = None) -> float:

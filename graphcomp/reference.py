@@ -15,12 +15,6 @@ from .step import LOSS_NAME, Step
 from .unfold import evaluate, unfold
 
 
-def _margins(step: Step, name: str) -> tuple[int, int]:
-    """Rows kept before the first and after the last step for a signal's reads."""
-    offs = step.signals[name].offsets
-    return max(0, -min(offs, default=0)), max(0, max(offs, default=0))
-
-
 def timelines(step: Step, batch: Batch, flat: bool = False, dtype=np.float64,
               reuse: dict | None = None) -> tuple[dict, dict]:
     """Every signal over its whole time range plus margins, as the step reads it: rows before
@@ -34,7 +28,7 @@ def timelines(step: Step, batch: Batch, flat: bool = False, dtype=np.float64,
     for name, info in step.signals.items():
         if info.role == "input" and name not in batch.inputs:
             continue
-        before, after = _margins(step, name)
+        before, after = info.margins
         shape = info.array_shape if flat else info.shape
         if info.role == "input" and before == after == 0:
             ext[name], pre[name] = batch.inputs[name].reshape((T, B) + shape), 0

@@ -36,11 +36,16 @@ class SignalInfo:
         return self.shape[:1] if self.shape[1:] == (1,) else self.shape
 
     @property
+    def margins(self) -> tuple[int, int]:
+        """How many steps before t and after t it is read: the rows its timeline keeps before
+        the first step and after the last."""
+        return max(0, -min(self.offsets, default=0)), max(0, max(self.offsets, default=0))
+
+    @property
     def history(self) -> int:
         """How many values before its boundary are read (the rows ``initial`` may give)."""
-        if self.direction > 0:
-            return max(0, -min(self.offsets, default=0))
-        return max(0, max(self.offsets, default=0))
+        before, after = self.margins
+        return before if self.direction > 0 else after
 
 
 @dataclass(frozen=True)

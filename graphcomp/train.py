@@ -15,6 +15,7 @@ import numpy as np
 from .epoch import Epoch
 from .errors import GraphcompError, NotFinite, is_count
 from .kernel import Kernel, compile
+from .methods import check_cuttable
 from .optim import Adam, Optimizer, clip
 
 COMPILED_EPOCH_UPDATES = 5000   # compiled="auto": from this many updates in one fit, compile the epoch
@@ -142,10 +143,7 @@ class Trainer:
             if tbptt[1] < tbptt[0]:
                 raise GraphcompError(f"tbptt=(k1, k2) backpropagates each update's k1 steps through the last k2, "
                                      f"so k2 must be at least k1; got k1={tbptt[0]}, k2={tbptt[1]}")
-            backward = [s for s in step.states if step.signals[s].direction < 0]
-            if backward:
-                raise GraphcompError(f"tbptt cuts time into chunks, but state {backward[0]!r} runs backwards in "
-                                     "time (reads t+k) and needs the whole sequence; train it without tbptt")
+            check_cuttable(step, "tbptt", "train it without tbptt")
         if compiled not in (True, False, "auto"):
             raise GraphcompError(f"compiled must be True, False or 'auto', got {compiled!r}")
         if compiled is True and (tbptt is not None or self.kernel.backend != "numba"):

@@ -261,3 +261,10 @@ def test_a_backward_state_refuses_tbptt():
     model = gc.Recurrence({h(t): a * h(t + 1) + x(t)}, loss=(h(t) - y(t)) ** 2)
     with pytest.raises(gc.GraphcompError, match="state 'h' runs backwards in time"):
         gc.Trainer(gc.compile(model, backend="reference"), tbptt=3)
+
+
+def test_an_input_read_ahead_refuses_tbptt():
+    """A chunk would read zeros past its end where the input has values: refused, not wrong."""
+    model = gc.Recurrence({s(t): a * s(t - 1) + x(t + 1)}, loss=(s(t) - y(t)) ** 2)
+    with pytest.raises(gc.GraphcompError, match=r"tbptt cuts time into segments, but 'x' is read at x\(t\+1\)"):
+        gc.Trainer(gc.compile(model, backend="reference"), tbptt=3)
