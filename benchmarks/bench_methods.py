@@ -40,8 +40,7 @@ def small_lstm(D=4, H=16, O=4):
 
 def peak_bytes(kernel, call) -> int:
     call()   # compiled, then measured without the workspace a previous call left
-    kernel._impl._work.clear()
-    kernel._impl._buffers.clear()
+    kernel.impl.release()
     tracemalloc.start()
     call()
     peak = tracemalloc.get_traced_memory()[1]

@@ -12,6 +12,7 @@ unbatched node, ``(B, *shape)`` for a batched one.
 from __future__ import annotations
 
 import functools
+import math
 import weakref
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -21,6 +22,7 @@ from sympy.core.symbol import Str
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from .errors import GraphcompError
+from .functions import NUMPY_MODULES, numpy_code
 
 Shape = tuple
 
@@ -247,19 +249,17 @@ def zeros(shape: Shape) -> Node:
     return const(0, shape)
 
 
+def count(n: int) -> Node:
+    """The number ``n`` as a value read at run time (a size averaged over)."""
+    return Node("count", (), int(n), (), False)
+
+
 # ---------------------------------------------------------------- numeric functions
-
-def _sigmoid(x):
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
-
-
-_NUMPY = [{"sigmoid": _sigmoid, "relu": lambda x: np.maximum(x, 0.0)}, "numpy", "scipy"]
-
 
 @functools.lru_cache(maxsize=None)
 def numpy_function(expr: sp.Expr, nargs: int) -> Callable:
     """``expr`` over ``X(0..nargs-1)`` as a NumPy function (via sympy's printer)."""
-    return sp.lambdify([X(i) for i in range(nargs)], expr, modules=_NUMPY)
+    return sp.lambdify([X(i) for i in range(nargs)], expr, modules=NUMPY_MODULES)
 
 
 @functools.lru_cache(maxsize=None)
@@ -310,6 +310,19 @@ class Op:
     def sympy(self, node: Node, args: list):
         raise GraphcompError(f"op {self.name!r} has no sympy form")
 
+    def code(self, node: Node, args: list) -> str:
+        """NumPy source of an unbatched value from its arguments' names (IR shapes)."""
+        raise GraphcompError(f"op {self.name!r} has no NumPy source")
+
+    def flops(self, node: Node) -> int:
+        """Floating-point operations for one example."""
+        return max(1, math.prod(node.shape))
+
+    def lowering(self, node: Node) -> str | None:
+        """How the compiled loops compute a batched value of this op (see ``plan.region``):
+        "map", "product", "dot", "total", "logsumexp", "concat", "take", or None."""
+        return None
+
 
 class Read(Op):
     name = "read"
@@ -325,6 +338,9 @@ class Param(Op):
     def label(self, node):
         return str(node.attr)
 
+    def code(self, node, args):
+        return f"q_{node.attr}"
+
 
 class Const(Op):
     name = "const"
@@ -337,6 +353,31 @@ class Const(Op):
 
     def sympy(self, node, args):
         return node.attr * sp.OneMatrix(*node.shape) if node.shape else node.attr
+
+    def code(self, node, args):
+        return repr(float(node.attr)) if not node.shape else f"np.full({node.shape}, {float(node.attr)!r})"
+
+
+class Count(Op):
+    """A number of entries (a size the model averages over), kept apart from constants so
+    that compiled code reads it at run time instead of having it written in."""
+
+    name = "count"
+
+    def shape(self, args, attr):
+        return ()
+
+    def evaluate(self, node, vals):
+        return np.array(float(node.attr))
+
+    def label(self, node):
+        return str(node.attr)
+
+    def sympy(self, node, args):
+        return sp.Integer(node.attr)
+
+    def code(self, node, args):
+        return repr(float(node.attr))
 
 
 class Var(Op):
@@ -396,6 +437,12 @@ class Map(Op):
     def sympy(self, node, args):
         return elementwise_sympy(node.attr, args)
 
+    def code(self, node, args):
+        return numpy_code(node.attr, args)
+
+    def lowering(self, node):
+        return "map"
+
 
 class MatMul(Op):
     name = "matmul"
@@ -424,6 +471,21 @@ class MatMul(Op):
     def sympy(self, node, args):
         return sp.MatMul(*args)
 
+    def code(self, node, args):
+        return f"np.dot({args[0]}, {args[1]})"
+
+    def flops(self, node):
+        a, b = node.args
+        return 2 * a.shape[0] * a.shape[1] * b.shape[1]
+
+    def lowering(self, node):
+        a, b = node.args
+        if a.shape == (1, 1) or b.shape == (1, 1):
+            return "map"                                  # a scalar times a vector
+        if not a.batched or not b.batched:
+            return "product"
+        return "dot" if a.shape[0] == 1 and b.shape[1] == 1 else None
+
 
 class Transpose(Op):
     name = "transpose"
@@ -448,6 +510,9 @@ class Transpose(Op):
 
     def sympy(self, node, args):
         return sp.Transpose(args[0])
+
+    def code(self, node, args):
+        return f"np.ascontiguousarray({args[0]}.T)"
 
 
 class Concat(Op):
@@ -480,6 +545,12 @@ class Concat(Op):
 
     def sympy(self, node, args):
         return sp.BlockMatrix([[a] for a in args])
+
+    def code(self, node, args):
+        return f"np.concatenate(({', '.join(args)},))"
+
+    def lowering(self, node):
+        return "concat"
 
 
 class Take(Op):
@@ -515,6 +586,12 @@ class Take(Op):
         lo, hi = node.attr
         return args[0][lo:hi, :]
 
+    def code(self, node, args):
+        return f"{args[0]}[{node.attr[0]}:{node.attr[1]}]"
+
+    def lowering(self, node):
+        return "take"
+
 
 class Total(Op):
     name = "total"
@@ -536,6 +613,12 @@ class Total(Op):
 
     def sympy(self, node, args):
         return Reduction(Str("sum"), args[0])
+
+    def code(self, node, args):
+        return f"np.sum({args[0]})"
+
+    def lowering(self, node):
+        return "total"
 
 
 class Broadcast(Op):
@@ -562,6 +645,12 @@ class Broadcast(Op):
     def sympy(self, node, args):
         return args[0] * sp.OneMatrix(*node.attr)
 
+    def code(self, node, args):
+        return f"np.full({node.attr}, {args[0]})"
+
+    def lowering(self, node):
+        return "map"
+
 
 class LogSumExp(Op):
     name = "logsumexp"
@@ -584,9 +673,15 @@ class LogSumExp(Op):
     def sympy(self, node, args):
         return Reduction(Str("logsumexp"), args[0])
 
+    def code(self, node, args):
+        return f"(np.max({args[0]}) + np.log(np.sum(np.exp({args[0]} - np.max({args[0]})))))"
+
+    def lowering(self, node):
+        return "logsumexp"
+
 
 OPS: dict[str, Op] = {op.name: op for op in (
-    Read(), Param(), Const(), Var(), Map(), MatMul(), Transpose(), Concat(), Take(), Total(),
+    Read(), Param(), Const(), Count(), Var(), Map(), MatMul(), Transpose(), Concat(), Take(), Total(),
     Broadcast(), LogSumExp())}
 LEAVES = ("read", "param", "var")
 
@@ -693,7 +788,7 @@ def pretty(roots: Mapping[str, Node]) -> str:
     names = {}
     lines = []
     for node in order:
-        if node.op in LEAVES or node.op == "const":
+        if node.op in LEAVES or not node.args:
             names[node] = OPS[node.op].label(node)
             continue
         names[node] = f"v{len(lines)}"

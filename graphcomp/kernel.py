@@ -11,7 +11,7 @@ import numpy as np
 from . import methods
 from .check import Batch, prepare, seeds as check_seeds
 from .errors import GraphcompError, NotFinite
-from .reference import BACKENDS
+from .backends import NAMES, registry
 from .step import Step
 
 DTYPES = ("float64", "float32")
@@ -21,23 +21,28 @@ class Kernel:
     """Compiled ``forward`` and ``loss_and_grad`` for one model (see ``gc.compile``)."""
 
     def __init__(self, step: Step, backend: str, dtype: str, impl):
-        self.program, self.backend, self.dtype, self._impl = step, backend, np.dtype(dtype), impl
+        self.program, self.backend, self.dtype, self.impl = step, backend, np.dtype(dtype), impl
         self._needed: dict = {}   # with_loss -> the inputs a call must give
         self._flops: tuple | None = None   # methods.step_flops, counted at the first cost estimate
 
     @property
     def source(self) -> str:
         """The generated source of the compiled kernels (the Numba backend only)."""
-        if not hasattr(self._impl, "source"):
+        if "source" not in self.impl.capabilities:
             raise GraphcompError(f"the {self.backend!r} backend generates no source; use gc.compile(model, backend='numba')")
-        return self._impl.source
+        return self.impl.source
+
+    def derived(self, step: Step) -> "Kernel":
+        """A kernel of another step (say, a tangent step) on this kernel's back end and dtype."""
+        return compile(step, backend=None if self.backend == "numba" else self.backend, dtype=self.dtype.name)
 
     def __repr__(self) -> str:
         return f"<graphcomp kernel: backend={self.backend!r}, dtype={self.dtype.name}>"
 
-    def _prepare(self, params, inputs, lengths, initial, steps, with_loss) -> Batch:
-        # the NumPy backends compute in float64 and round results to the kernel's dtype
-        dtype = getattr(self._impl, "dtype", np.float64)
+    def prepare(self, params, inputs, lengths=None, initial=None, steps=None, *, with_loss: bool) -> Batch:
+        """Check one call's arrays and convert them to the back end's layout (a ``Batch``).
+        The NumPy backends compute in float64 and round results to the kernel's dtype."""
+        dtype = getattr(self.impl, "dtype", np.float64)
         if with_loss not in self._needed:
             self._needed[with_loss] = self.program.inputs_needed(with_loss)
         return prepare(self.program, params, inputs, lengths, initial, with_loss=with_loss, steps=steps,
@@ -47,9 +52,9 @@ class Kernel:
                 *, steps: int | None = None) -> dict:
         """Outputs and states, each ``(T, B, ...)`` under its name. Past a sequence's length a
         forward state keeps its last value and an output is zero."""
-        batch = self._prepare(params, inputs, lengths, initial, steps, with_loss=False)
+        batch = self.prepare(params, inputs, lengths, initial, steps, with_loss=False)
         with np.errstate(all="ignore"), _compile_errors():   # overflow is reported below, in the user's names
-            states, outputs = self._impl.forward(batch)
+            states, outputs = self.impl.forward(batch)
         _check_finite(self.program, batch, states)
         result = {}
         for s, a in states.items():
@@ -120,7 +125,7 @@ class Kernel:
                                      "for final_cotangents or with_initial use 'bptt' or 'checkpoint'")
             from .rtrl import loss_and_grad as rtrl
             return rtrl(self, params, inputs, lengths, initial)
-        batch = self._prepare(params, inputs, lengths, initial, steps, with_loss=True)
+        batch = self.prepare(params, inputs, lengths, initial, steps, with_loss=True)
         seeds = None
         if final_cotangents is not None or with_initial:
             backward = [s for s in self.program.states if self.program.signals[s].direction < 0]
@@ -133,7 +138,7 @@ class Kernel:
         bad = [p for p, g in grads.items() if not np.all(np.isfinite(g))]
         if not np.isfinite(loss) or bad:
             with np.errstate(all="ignore"):
-                states, _ = self._impl.forward(batch)
+                states, _ = self.impl.forward(batch)
             _check_finite(self.program, batch, states)
             what = f"the gradient of {bad[0]!r}" if bad else "the loss"
             raise NotFinite(f"{what} is not finite ({loss if not bad else 'inf/nan'}) although every "
@@ -183,7 +188,7 @@ class Stream:
 @contextlib.contextmanager
 def _compile_errors():
     """A kernel compiled at its first call that Numba cannot compile: a GraphcompError."""
-    from .codegen import Unsupported
+    from .plan.region import Unsupported
     try:
         yield
     except Unsupported as e:
@@ -216,37 +221,38 @@ def compile(model, backend: str | None = None, dtype: str = "float64") -> Kernel
     step = getattr(model, "step", model)
     if not isinstance(step, Step):
         raise GraphcompError(f"gc.compile needs a gc.Recurrence, got {type(model).__name__}")
-    if backend is not None and backend not in (*BACKENDS, "numba"):
-        raise GraphcompError(f"unknown backend {backend!r}; choose one of {sorted([*BACKENDS, 'numba'])}")
+    if backend is not None and backend not in NAMES:
+        raise GraphcompError(f"unknown backend {backend!r}; choose one of {sorted(NAMES)}")
     try:
         name = np.dtype(dtype).name
     except TypeError:
         name = None
     if name not in DTYPES:
         raise GraphcompError(f"dtype {dtype!r} is not supported; use 'float64' or 'float32'")
+    backends = registry()
     if backend in (None, "numba"):
-        from .codegen import Unsupported
-        from .compiled import NumbaBackend
+        from .plan.region import Unsupported
         try:
-            return Kernel(step, "numba", name, NumbaBackend(step, name))
+            return Kernel(step, "numba", name, backends["numba"](step, name))
         except Unsupported as e:
             if backend == "numba":
                 raise GraphcompError(f"the Numba backend cannot compile this model yet ({e}); "
                                      "use backend='reference'") from None
             warnings.warn(f"graphcomp: running this model on the NumPy reference backend: {e}", stacklevel=2)
             backend = "reference"
-    return Kernel(step, backend, name, BACKENDS[backend](step))
+    return Kernel(step, backend, name, backends[backend](step, name))
 
 
 def export(model, path, dtype: str = "float64") -> Path:
     """Write the model's generated kernels to ``path`` as a standalone module that needs only
     numpy and numba. Its functions take the arrays in the layout ``Kernel.source`` shows."""
-    from .codegen import KernelSource, Unsupported
+    from .backends.numba.backend import NumbaBackend
+    from .plan.region import Unsupported
     step = getattr(model, "step", model)
     if not isinstance(step, Step):
         raise GraphcompError(f"gc.export needs a gc.Recurrence, got {type(model).__name__}")
     try:
-        text = KernelSource(step, np.dtype(dtype).name).standalone
+        text = NumbaBackend(step, np.dtype(dtype).name).standalone()
     except Unsupported as e:
         raise GraphcompError(f"the Numba backend cannot compile this model yet ({e})") from None
     path = Path(path)

@@ -249,8 +249,10 @@ def _bptt_bytes(kernel, B: int):
     """Bytes a backend call of ``steps`` steps allocates: the signals' timelines and the tapes
     and cotangents (the Numba kernel's exact workspace; for the NumPy backends, cotangents)."""
     step, item = kernel.program, kernel.dtype.itemsize
-    size = getattr(getattr(kernel._impl, "module", None), "work_size_loss_and_grad", None)
-    tape = (lambda steps: size(steps, B)) if size is not None else (lambda steps: B * _timeline_floats(step, steps))
+    if hasattr(kernel.impl, "workspace"):
+        tape = lambda steps: kernel.impl.workspace("loss_and_grad", steps, B)
+    else:
+        tape = lambda steps: B * _timeline_floats(step, steps)
     return lambda steps: (tape(steps) + B * _timeline_floats(step, steps)) * item
 
 
@@ -301,8 +303,8 @@ def choose(kernel, T: int, B: int, memory: int | None) -> dict:
 
 def run(kernel, batch: Batch, method: str, seeds: dict | None, options: dict) -> tuple:
     """(loss, grads, initial cotangents or None) by ``method`` on a validated batch."""
-    step, impl = kernel.program, kernel._impl
-    if kernel.backend == "unfolded" and (method != "bptt" or seeds is not None):
+    step, impl = kernel.program, kernel.impl
+    if "seeds" not in impl.capabilities and (method != "bptt" or seeds is not None):
         raise GraphcompError("the 'unfolded' backend (the oracle) runs method='bptt' without final_cotangents or "
                              "with_initial; use backend='reference' or 'numba'")
     if method == "auto":
@@ -323,7 +325,7 @@ def run(kernel, batch: Batch, method: str, seeds: dict | None, options: dict) ->
         return (*impl.loss_and_grad(batch), None)
     head = None
     delayed = max((i.history for i in step.signals.values() if i.role == "input"), default=0)
-    if seeds is not None and delayed and kernel.backend == "numba":
+    if seeds is not None and delayed and "delayed_input_cotangents" not in impl.capabilities:
         # the compiled kernels treat inputs as data: the first steps, which read the delayed
         # inputs' initial values, run on the reference backend to give their cotangents
         from .reference import LoopBackend

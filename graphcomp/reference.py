@@ -11,51 +11,9 @@ import numpy as np
 from . import ir
 from .autodiff import LOSS, Adjoint, adjoint, backprop, grad_var
 from .check import Batch
+from .layout import timelines
 from .step import LOSS_NAME, Step
 from .unfold import evaluate, unfold
-
-
-def timelines(step: Step, batch: Batch, flat: bool = False, dtype=np.float64,
-              reuse: dict | None = None) -> tuple[dict, dict]:
-    """Every signal over its whole time range plus margins, as the step reads it: rows before
-    the first step hold ``initial`` values, rows after each sequence's end zeros (or, for a
-    state that runs backwards, its ``initial`` values). Also the number of rows before step 1.
-    ``flat`` drops the trailing 1 of column vectors: (rows, B, n) instead of (rows, B, n, 1).
-    An input read only at t is the input array itself. ``reuse``: buffers kept from an earlier
-    call, for a caller that overwrites every step of a forward state (only margins are reset)."""
-    ext, pre = {}, {}
-    T, B = batch.T, batch.B
-    for name, info in step.signals.items():
-        if info.role == "input" and name not in batch.inputs:
-            continue
-        before, after = info.margins
-        shape = info.array_shape if flat else info.shape
-        if info.role == "input" and before == after == 0:
-            ext[name], pre[name] = batch.inputs[name].reshape((T, B) + shape), 0
-            continue
-        full = (before + T + after, B) + shape
-        buf = None if reuse is None else reuse.get(name)
-        if buf is None or buf.shape != full or buf.dtype != dtype:
-            buf = np.zeros(full, dtype)
-            if reuse is not None:
-                reuse[name] = buf
-        elif info.role == "state" and info.direction > 0:
-            buf[:before] = 0
-            buf[before + T:] = 0
-        else:
-            buf[...] = 0
-        if info.role == "input":
-            buf[before:before + T] = batch.inputs[name].reshape((T, B) + shape)
-        init = batch.initial.get(name)
-        if init is not None:
-            init = init.reshape(init.shape[:2] + shape)
-            if info.direction > 0:
-                buf[:before] = init
-            else:   # a backward state's values after each sequence's end
-                for j in range(len(init)):
-                    buf[before + batch.lengths + j, np.arange(B)] = init[j]
-        ext[name], pre[name] = buf, before
-    return ext, pre
 
 
 def _per_example(value: np.ndarray, node: ir.Node, B: int) -> np.ndarray:
@@ -70,7 +28,10 @@ def _weighted(value: np.ndarray, w: np.ndarray) -> np.ndarray:
 class LoopBackend:
     """Time loops over the step IR; the backward loop runs the adjoint step."""
 
-    def __init__(self, step: Step):
+    name = "reference"
+    capabilities = frozenset({"seeds", "delayed_input_cotangents", "stream"})
+
+    def __init__(self, step: Step, dtype: str = "float64"):
         self.step = step
         self.adjoint: Adjoint = adjoint(step)
         self.delayed = _delayed_inputs(step)
@@ -187,7 +148,10 @@ def _delayed_inputs(step: Step) -> dict:
 class UnfoldedBackend:
     """Forward and reverse over the unfolded DAG, one DAG per distinct sequence length."""
 
-    def __init__(self, step: Step):
+    name = "unfolded"
+    capabilities = frozenset({"stream"})
+
+    def __init__(self, step: Step, dtype: str = "float64"):
         self.step = step
         self._graphs = {}
 
@@ -247,5 +211,3 @@ class UnfoldedBackend:
                     grads[p] += ct[("param", p, None)].sum(0)
         return loss, grads
 
-
-BACKENDS = {"reference": LoopBackend, "unfolded": UnfoldedBackend}

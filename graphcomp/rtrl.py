@@ -123,9 +123,8 @@ def _outer_products(tans: list, units: dict) -> list:
 @functools.lru_cache(maxsize=8)
 def _compiled(kernel):
     """The tangent step of a kernel's model and its kernel, compiled once per kernel."""
-    from .kernel import compile
     step = tangent_step(kernel.program)
-    return step, compile(step, backend=None if kernel.backend == "numba" else kernel.backend, dtype=kernel.dtype.name)
+    return step, kernel.derived(step)
 
 
 class Carry:

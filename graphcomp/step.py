@@ -170,7 +170,7 @@ class _Lowering:
         if isinstance(e, MeanSquaredError):
             pred, target = (self.matrix(a) for a in e.args)
             n = pred.shape[0] * pred.shape[1]
-            return ir.emap(X(0) / n, [ir.total(ir.emap((X(0) - X(1)) ** 2, [pred, target]))])
+            return ir.emap(X(0) / X(1), [ir.total(ir.emap((X(0) - X(1)) ** 2, [pred, target])), ir.count(n)])
         if isinstance(e, CrossEntropy):
             z, y = (self.matrix(a) for a in e.args)
             lse = ir.logsumexp(z)

@@ -115,8 +115,8 @@ def _oracle_tbptt(c, kr, k1: int, k2: int) -> dict:
     """Truncated BPTT from the unfolded DAG: per chunk, reverse mode seeded at its losses only,
     over the window's DAG started from the true states."""
     T, B = _shape(c)
-    step, impl = c.model.step, kr._impl
-    batch = kr._prepare(c.params, c.inputs, c.lengths, c.initial, None, with_loss=True)
+    step, impl = c.model.step, kr.impl
+    batch = kr.prepare(c.params, c.inputs, c.lengths, c.initial, with_loss=True)
     states, _ = impl.forward(batch)
     grads = {p: np.zeros(shape) for p, shape in step.params.items()}
     for e in [*range(k1, T, k1), T]:
@@ -209,8 +209,7 @@ def mid():
 def _peak(kernel, c, **kw) -> int:
     """Peak traced bytes of a call, with the kernels compiled and no workspace kept."""
     kernel.loss_and_grad(c.params, c.inputs, None, c.initial, **kw)
-    kernel._impl._work.clear()
-    kernel._impl._buffers.clear()
+    kernel.impl.release()
     tracemalloc.start()
     tracemalloc.reset_peak()
     kernel.loss_and_grad(c.params, c.inputs, None, c.initial, **kw)

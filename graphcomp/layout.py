@@ -1,0 +1,71 @@
+"""The layout of arrays: how a signal's values over time sit in one array with margins,
+how a ring keeps a few steps' rows, and the user's shapes against the IR's. Every backend and
+the call-time checks go through here."""
+from __future__ import annotations
+
+import numpy as np
+
+from .check import Batch
+from .step import Step
+
+
+def user_shape(shape: tuple) -> tuple:
+    """Per-example NumPy shape of an IR shape: () for a scalar, (n,) for a column vector (n, 1),
+    (r, c) for a matrix."""
+    return shape[:1] if shape[1:] == (1,) else shape
+
+
+def lengths32(lengths: np.ndarray) -> np.ndarray:
+    """Sequence lengths as the compiled loops take them: int32 (8 lanes beside float32)."""
+    return np.ascontiguousarray(lengths, dtype=np.int32)
+
+
+def step_rows(tau: int, before: int, ring: int | None, B: int) -> int:
+    """The first row of step ``tau`` in a timeline with ``before`` steps of margin, or in a
+    ring of ``ring`` steps."""
+    return ((tau - 1) % ring if ring else tau - 1 + before) * B
+
+
+def timelines(step: Step, batch: Batch, flat: bool = False, dtype=np.float64,
+              reuse: dict | None = None) -> tuple[dict, dict]:
+    """Every signal over its whole time range plus margins, as the step reads it: rows before
+    the first step hold ``initial`` values, rows after each sequence's end zeros (or, for a
+    state that runs backwards, its ``initial`` values). Also the number of rows before step 1.
+    ``flat`` drops the trailing 1 of column vectors: (rows, B, n) instead of (rows, B, n, 1).
+    An input read only at t is the input array itself. ``reuse``: buffers kept from an earlier
+    call, for a caller that overwrites every step of a forward state (only margins are reset)."""
+    ext, pre = {}, {}
+    T, B = batch.T, batch.B
+    for name, info in step.signals.items():
+        if info.role == "input" and name not in batch.inputs:
+            continue
+        before, after = info.margins
+        shape = info.array_shape if flat else info.shape
+        if info.role == "input" and before == after == 0:
+            ext[name], pre[name] = batch.inputs[name].reshape((T, B) + shape), 0
+            continue
+        full = (before + T + after, B) + shape
+        buf = None if reuse is None else reuse.get(name)
+        if buf is None or buf.shape != full or buf.dtype != dtype:
+            buf = np.zeros(full, dtype)
+            if reuse is not None:
+                reuse[name] = buf
+        elif info.role == "state" and info.direction > 0:
+            buf[:before] = 0
+            buf[before + T:] = 0
+        else:
+            buf[...] = 0
+        if info.role == "input":
+            buf[before:before + T] = batch.inputs[name].reshape((T, B) + shape)
+        init = batch.initial.get(name)
+        if init is not None:
+            init = init.reshape(init.shape[:2] + shape)
+            if info.direction > 0:
+                buf[:before] = init
+            else:   # a backward state's values after each sequence's end
+                for j in range(len(init)):
+                    buf[before + batch.lengths + j, np.arange(B)] = init[j]
+        ext[name], pre[name] = buf, before
+    return ext, pre
+
+
