@@ -1,7 +1,8 @@
 """Forecasting a noisy sum of sines with an Elman network: train it to predict the next value
 on windows of the series, then forecast free-running beyond the training data with
-``gc.generate`` (each forecast value is fed back as the next input), and compare the
-forecast error with two naive forecasts: the last value, and the value one period earlier.
+``gc.generate`` (each forecast value is fed back as the next input; the result is aligned on
+the steps it forecasts), and compare the forecast error with two naive forecasts: the last
+value, and the value one period earlier.
 
 Run: python examples/forecast.py [--short]"""
 import argparse
@@ -52,8 +53,10 @@ def main(short: bool = False) -> dict:
     at = n_train + horizon * np.arange(origins)                            # (B,) forecast origins
     prompt = seen[at[None, :] - prompt_len + np.arange(prompt_len)[:, None]]   # (P, B)
     truth = seen[at[None, :] + np.arange(horizon)[:, None]]                # (horizon, B)
+    # o(t) reads x(t), so it forecasts x(t+1): generate feeds x(t) := o(t-1) and returns both
+    # aligned on the step they forecast: out["o"][i] (= out["x"][i]) is the forecast of step P+i+1
     out = gc.generate(trainer.kernel, trainer.params, horizon, feed={"x": "o"}, prompt={"x": prompt[..., None]})
-    forecast = out["x"][..., 0]              # the value fed at each step: the forecast of it
+    forecast = out["o"][..., 0]
     last = np.broadcast_to(seen[at - 1], truth.shape)
     season = round(PERIODS[0])
     seasonal = seen[at[None, :] - season + np.arange(horizon)[:, None] % season]

@@ -7,6 +7,7 @@ from .declare import (concat, cross_entropy, elementwise, exp, hadamard, log, ms
                       sigmoid, signal, t, tanh)
 from .errors import GraphcompError
 from .generate import generate
+from .predict import predict, simulate
 from .kernel import Kernel, compile, export
 from . import models
 from .recurrence import Recurrence
@@ -18,4 +19,5 @@ __version__ = "0.1.0"
 
 __all__ = ["t", "signal", "param", "Recurrence", "compile", "export", "Kernel", "GraphcompError", "tanh",
            "sigmoid", "relu", "exp", "log", "elementwise", "hadamard", "concat", "mse",
-           "cross_entropy", "models", "optim", "rtrl", "Trainer", "History", "generate"]
+           "cross_entropy", "models", "optim", "rtrl", "Trainer", "History", "generate", "simulate",
+           "predict"]

@@ -3,6 +3,7 @@ before any backend sees it, and converted to the layout the backends use."""
 from __future__ import annotations
 
 import difflib
+import warnings
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -111,13 +112,14 @@ def prepare(step: Step, params, inputs, lengths=None, initial=None, *, with_loss
         a = np.asarray(inputs[name]) if not isinstance(inputs[name], np.ndarray) else inputs[name]
         info = step.signals[name]
         if a.ndim != 2 + len(info.array_shape):
-            raise GraphcompError(f"input {name!r} has shape {_fmt(a.shape)}; expected (T, B"
-                                 + "".join(f", {n}" for n in info.array_shape) + ") (time-major)")
+            raise GraphcompError(f"input {name!r} has shape {_fmt(a.shape)}; expected time-major (T, B"
+                                 + "".join(f", {n}" for n in info.array_shape) + f"){BATCH_FIRST}")
         if T is None:
             T, B, first = a.shape[0], a.shape[1], name
         elif a.shape[:2] != (T, B):
             raise GraphcompError(f"input {name!r} has {a.shape[0]} steps and batch {a.shape[1]} but "
-                                 f"{first!r} has {T} steps and batch {B}; all inputs share (T, B)")
+                                 f"{first!r} has {T} steps and batch {B}; all inputs share their first two "
+                                 f"axes, time-major (T, B, ...){BATCH_FIRST}")
     if T is None:
         if steps is None:
             raise GraphcompError("the model reads no input, so the number of steps is unknown: pass steps=T")
@@ -136,7 +138,8 @@ def prepare(step: Step, params, inputs, lengths=None, initial=None, *, with_loss
     else:
         raw = np.asarray(lengths)
         if raw.shape != (B,):
-            raise GraphcompError(f"lengths has shape {_fmt(raw.shape)}; expected ({B},), one length per sequence")
+            raise GraphcompError(f"lengths has shape {_fmt(raw.shape)}; expected ({B},), one length per sequence"
+                                 + _transposed(inputs, T, B, raw.shape == (T,)))
         if not (np.issubdtype(raw.dtype, np.integer) or
                 (np.issubdtype(raw.dtype, np.floating) and np.all(raw == np.round(raw)))):
             raise GraphcompError(f"lengths must be integers, got {raw.dtype}")
@@ -145,6 +148,8 @@ def prepare(step: Step, params, inputs, lengths=None, initial=None, *, with_loss
             b = int(np.argmax((lens < 1) | (lens > T)))
             raise GraphcompError(f"lengths[{b}] = {lens[b]} is outside 1..{T} (T = {T} steps)")
     partial = bool(lens.min() < T)
+    if partial and T == B and inputs:
+        warn_if_batch_major({n: inputs[n] for n in inputs}, lens, stacklevel=4)
     valid = np.arange(1, T + 1)[:, None] <= lens[None, :] if partial else None
 
     out_inputs = {}
@@ -153,7 +158,8 @@ def prepare(step: Step, params, inputs, lengths=None, initial=None, *, with_loss
         a = _array(inputs[name], f"input {name!r}", dtype)
         if a.shape[2:] != info.array_shape:
             raise GraphcompError(f"input {name!r} has per-step shape {_fmt(a.shape[2:])}, expected "
-                                 f"{_fmt(info.array_shape)} (the model declares {name} as {_what(info)})")
+                                 f"{_fmt(info.array_shape)} (the model declares {name} as {_what(info)}; "
+                                 "arrays are time-major (T, B, ...))")
         if partial:   # past its length a sequence reads zeros
             a = np.where(valid.reshape(valid.shape + (1,) * (a.ndim - 2)), a, 0).astype(dtype, copy=False)
         _finite(a, f"input {name!r}")
@@ -190,6 +196,74 @@ def prepare(step: Step, params, inputs, lengths=None, initial=None, *, with_loss
         _finite(a, f"initial value of {name!r}")
         out_init[name] = a.reshape((k, B) + info.shape)
     return Batch(T, B, out_params, out_inputs, lens, out_init, dtype)
+
+
+BATCH_FIRST = "; for batch-major arrays (B, T, ...) pass batch_first=True"
+
+
+def _transposed(inputs, T: int, B: int, fits: bool) -> str:
+    """The hint for lengths that have one entry per step: the inputs may be batch-major."""
+    if not inputs or T == B or not fits:
+        return ""
+    return (f"; the inputs {sorted(inputs)} are read time-major (T, B, ...) as T = {T} steps of B = {B} "
+            "sequences: if they are batch-major (B, T, ...), pass batch_first=True")
+
+
+def time_major(step: Step, inputs, batch_first: bool):
+    """Inputs given batch-major ``(B, T, ...)`` (``batch_first=True``) as time-major views
+    ``(T, B, ...)``, their shapes checked in the caller's layout; anything else as given."""
+    if not batch_first or not isinstance(inputs, Mapping):
+        return inputs
+    out, first = {}, None
+    for name, value in inputs.items():
+        info = step.signals.get(name)
+        try:
+            a = np.asarray(value)
+        except Exception:   # prepare reports it
+            a = None
+        if a is None or info is None or info.role != "input":
+            out[name] = value
+            continue
+        if a.ndim != 2 + len(info.array_shape):
+            raise GraphcompError(f"input {name!r} has shape {_fmt(a.shape)}; expected batch-major (B, T"
+                                 + "".join(f", {n}" for n in info.array_shape) + ") since batch_first=True "
+                                 "(without it, arrays are time-major (T, B, ...))")
+        if first is None:
+            first = name, a.shape[:2]
+        elif a.shape[:2] != first[1]:
+            raise GraphcompError(f"input {name!r} has batch {a.shape[0]} and {a.shape[1]} steps but {first[0]!r} "
+                                 f"has batch {first[1][0]} and {first[1][1]} steps; with batch_first=True all "
+                                 "inputs are (B, T, ...)")
+        out[name] = np.swapaxes(a, 0, 1)
+    return out
+
+
+def batch_major(arrays: dict) -> dict:
+    """Time-major results ``(T, B, ...)`` as batch-major arrays ``(B, T, ...)``."""
+    return {n: np.ascontiguousarray(np.swapaxes(a, 0, 1)) for n, a in arrays.items()}
+
+
+def warn_if_batch_major(arrays: Mapping, lengths: np.ndarray, stacklevel: int = 2) -> None:
+    """A UserWarning when square arrays (T == B, so both layouts fit) look read the wrong way
+    round: every cell past a sequence's length along the batch axis is padding (all zero or
+    not finite, in every array) while the cells past it along time, where time-major
+    padding lies, are not all padding."""
+    arrays = {n: np.asarray(a) for n, a in arrays.items()}
+    n = len(lengths)
+    if any(a.ndim < 2 or a.shape[:2] != (n, n) or a.dtype.kind not in "biuf" for a in arrays.values()):
+        return
+    pad = np.arange(n)[:, None] >= lengths[None, :]     # (T, B): past the end, time-major
+    if not pad.any() or (pad == pad.T).all():
+        return
+    empty = np.ones((n, n), bool)
+    for a in arrays.values():
+        with np.errstate(invalid="ignore"):
+            empty &= ((a == 0) | ~np.isfinite(a)).reshape(n, n, -1).all(-1)
+    if empty[pad.T].all() and not empty[pad].all():
+        warnings.warn(f"graphcomp: the arrays {sorted(arrays)} look transposed: with these lengths their padding "
+                      "(zeros) lies past each sequence's end along the axis read as the batch, not along time. "
+                      "Check their layout: time-major (T, B, ...), or batch-major (B, T, ...) with batch_first=True",
+                      UserWarning, stacklevel=stacklevel + 1)
 
 
 def seeds(step: Step, given, B: int, dtype) -> dict:

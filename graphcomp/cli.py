@@ -13,13 +13,14 @@ from .errors import GraphcompError
 from .recurrence import Recurrence
 
 FORMATS = ("svg", "png", "pdf", "dot")
+EXAMPLE = "examples/system_id.py:lotka_volterra"   # a function returning a model, run from the repository
 
 
 def load(target: str) -> Recurrence:
     """The ``Recurrence`` called NAME in FILE.py (or returned by a function NAME())."""
     path, sep, name = target.rpartition(":")
     if not sep or not path or not name:
-        raise GraphcompError(f"{target!r}: give the model as FILE.py:NAME, e.g. examples/elman.py:model")
+        raise GraphcompError(f"{target!r}: give the model as FILE.py:NAME, e.g. {EXAMPLE}")
     file = Path(path)
     if not file.is_file():
         raise GraphcompError(f"no such file: {path}")

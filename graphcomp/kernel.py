@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from . import methods
-from .check import Batch, prepare, seeds as check_seeds
+from .check import Batch, batch_major, prepare, seeds as check_seeds, time_major
 from .errors import GraphcompError, NotFinite
 from .backends import NAMES, registry
 from .step import Step
@@ -49,9 +49,11 @@ class Kernel:
                        dtype=dtype, needed=self._needed[with_loss])
 
     def forward(self, params: dict, inputs: dict | None = None, lengths=None, initial: dict | None = None,
-                *, steps: int | None = None) -> dict:
+                *, steps: int | None = None, batch_first: bool = False) -> dict:
         """Outputs and states, each ``(T, B, ...)`` under its name. Past a sequence's length a
-        forward state keeps its last value and an output is zero."""
+        forward state keeps its last value and an output is zero. ``batch_first=True``: the
+        inputs and results are batch-major ``(B, T, ...)`` (``initial`` keeps its layout)."""
+        inputs = time_major(self.program, inputs, batch_first)
         batch = self.prepare(params, inputs, lengths, initial, steps, with_loss=False)
         with np.errstate(all="ignore"), _compile_errors():   # overflow is reported below, in the user's names
             states, outputs = self.impl.forward(batch)
@@ -66,7 +68,7 @@ class Kernel:
         for o, a in outputs.items():
             shape = self.program.outputs[o].shape
             result[o] = self._out(a, (batch.T, batch.B) + (shape[:1] if shape[1:] == (1,) else shape))
-        return result
+        return batch_major(result) if batch_first else result
 
     def step(self, params: dict, state: dict | None = None, inputs: dict | None = None) -> tuple[dict, dict]:
         """One step of the recurrence, for online use. ``state`` holds, for every signal the
@@ -106,7 +108,8 @@ class Kernel:
 
     def loss_and_grad(self, params: dict, inputs: dict | None = None, lengths=None,
                       initial: dict | None = None, *, steps: int | None = None, method: str = "bptt",
-                      final_cotangents: dict | None = None, with_initial: bool = False, **options) -> tuple:
+                      final_cotangents: dict | None = None, with_initial: bool = False, batch_first: bool = False,
+                      **options) -> tuple:
         """The loss L = (1/B) Σ_b Σ_{t ≤ len_b} L_b(t) and its gradient w.r.t. every parameter,
         keyed and shaped like ``params``.
 
@@ -115,7 +118,9 @@ class Kernel:
         truncated gradient), "rtrl" (forward sensitivities), "auto" (the fewest flops within
         ``memory=bytes``). ``final_cotangents`` {state: (k, B, ...)} seeds each sequence's last k
         values: the gradient of L + Σ <seed, s(end)>. ``with_initial``: also return the
-        cotangents of ``initial``'s values, keyed and shaped like ``initial``: (loss, grads, initial_grads)."""
+        cotangents of ``initial``'s values, keyed and shaped like ``initial``: (loss, grads, initial_grads).
+        ``batch_first=True``: the inputs are batch-major ``(B, T, ...)``."""
+        inputs = time_major(self.program, inputs, batch_first)
         if self.program.loss is None:
             raise GraphcompError("the model has no loss: pass loss=... to gc.Recurrence")
         methods.check_options(self.program, method, options)

@@ -104,7 +104,20 @@ def _adagrad(p, g, s, lr, h, step):
 
 class Optimizer:
     """Per-parameter state (``slots``) and an in-place update. ``lr`` is a number or a
-    schedule step -> lr (``step`` counts updates from 0)."""
+    schedule step -> lr (``step`` counts updates from 0).
+
+    ``gc.Trainer`` drives it; a custom training loop calls the same two methods::
+
+        opt = gc.optim.Adam(1e-2)
+        params = {p: np.array(v, np.float64) for p, v in model.init_params().items()}
+        state = opt.init(params)                     # {param: {slot: zeros}}
+        for step in range(100):
+            loss, grads = kernel.loss_and_grad(params, data)
+            gc.optim.clip(grads, norm=1.0)           # optional, in place
+            opt.update(params, grads, state, step)   # params and state change in place
+
+    The updates are torch.optim's, so ``step`` must count the updates made so far (Adam's
+    bias correction and schedules read it)."""
     slots: tuple = ()
     hyper_names: tuple = ()   # the attributes the compiled rule reads, in its order
 
@@ -115,14 +128,27 @@ class Optimizer:
         self.weight_decay = float(weight_decay)
 
     def init(self, params: dict) -> dict:
-        """Zeroed slots for every parameter: {name: {slot: array}}."""
+        """The optimizer's state for ``params``: zeroed slots (momentum, Adam's moments, ...)
+        for every parameter, {name: {slot: float64 array of the parameter's shape}}. Pass it
+        to every ``update``; it is what ``Trainer.save`` writes."""
         return {p: {s: np.zeros(np.shape(v)) for s in self.slots} for p, v in params.items()}
 
     def update(self, params: dict, grads: dict, state: dict, step: int) -> None:
-        """One update of the arrays in ``params`` (in place) from ``grads``; ``step`` counts
-        earlier updates."""
+        """One update, in place, of every parameter named in ``grads`` (the others stay):
+        ``params[name]`` must be a writable, C-contiguous float64 NumPy array (a 0-d array
+        for a scalar) and ``state`` the dict ``init`` returned for it. ``step`` is the number
+        of earlier updates (0 for the first). Returns nothing: read ``params``."""
         lr, h = self.rate(step), self.hyper()
         for name, g in grads.items():
+            p = params.get(name)
+            if not (isinstance(p, np.ndarray) and p.dtype == np.float64 and p.flags.c_contiguous and p.flags.writeable):
+                what = type(p).__name__ if not isinstance(p, np.ndarray) else \
+                    f"a {p.dtype} array{'' if p.flags.c_contiguous else ', not C-contiguous'}"
+                raise GraphcompError(f"update changes params in place, but params[{name!r}] is {what}: give "
+                                     f"np.array(value, np.float64) (a 0-d array for a scalar)")
+            if name not in state:
+                raise GraphcompError(f"the optimizer state has no slots for {name!r}: call "
+                                     f"state = optimizer.init(params) with the parameters you update")
             slots = [state[name][s].reshape(-1) for s in self.slots]
             self.rule(params[name].reshape(-1), np.asarray(g, np.float64).reshape(-1), *slots, lr, h, step)
 

@@ -16,6 +16,7 @@ from .epoch import Epoch
 from .errors import GraphcompError, NotFinite, is_count
 from .kernel import Kernel, compile
 from .methods import check_cuttable
+from .check import warn_if_batch_major
 from .optim import Adam, Optimizer, clip
 
 COMPILED_EPOCH_UPDATES = 5000   # compiled="auto": from this many updates in one fit, compile the epoch
@@ -47,20 +48,28 @@ class Sequences:
         return {n: a[:T, index] for n, a in self.arrays.items()}, lengths
 
 
-def sequences(data, lengths=None) -> Sequences:
-    """Training data as ``Sequences``: a dict of padded arrays ``(T, N, ...)`` (with optional
-    ``lengths`` (N,)), or a list of sequences, each a dict of arrays ``(T_i, ...)``."""
+def sequences(data, lengths=None, batch_first: bool = False) -> Sequences:
+    """Training data as ``Sequences``: a dict of padded arrays ``(T, N, ...)`` (``(N, T, ...)``
+    with ``batch_first``; optional ``lengths`` (N,)), or a list of sequences, each a dict of
+    arrays ``(T_i, ...)``."""
     if isinstance(data, Sequences):
         return data
     if isinstance(data, dict):
         arrays = {n: np.asarray(a) for n, a in data.items()}
         if not arrays:
             raise GraphcompError("the data holds no arrays: pass {name: array (T, N, ...)}")
-        T, N = _time_batch(arrays)
+        T, N = _time_batch(arrays, batch_first)
+        if batch_first:
+            arrays = {n: np.swapaxes(a, 0, 1) for n, a in arrays.items()}
         lengths = np.full(N, T) if lengths is None else np.asarray(lengths)
         if lengths.shape != (N,) or lengths.min() < 1 or lengths.max() > T:
-            raise GraphcompError(f"lengths must be ({N},) integers in 1..{T} for data of {N} sequences "
-                                 f"of {T} steps, got {lengths!r}")
+            flipped = T != N and lengths.shape == (T,) and not batch_first   # one length per row of the first axis
+            hint = "; if the arrays are (N, T, ...), pass batch_first=True" if flipped else ""
+            raise GraphcompError(f"lengths must be ({N},) integers in 1..{T} for data of {N} sequences of {T} steps "
+                                 f"({'(N, T, ...) with batch_first=True' if batch_first else 'time-major (T, N, ...)'}), "
+                                 f"got {lengths!r}{hint}")
+        if lengths.min() < T and T == N:
+            warn_if_batch_major(arrays, lengths, stacklevel=3)
         return Sequences(arrays, lengths.astype(np.int64))
     if isinstance(data, (list, tuple)):
         if lengths is not None:
@@ -90,11 +99,14 @@ def sequences(data, lengths=None) -> Sequences:
     raise GraphcompError(f"data must be a dict of padded arrays or a list of sequences, got {type(data).__name__}")
 
 
-def _time_batch(arrays: dict) -> tuple[int, int]:
+def _time_batch(arrays: dict, batch_first: bool) -> tuple[int, int]:
     shapes = {n: a.shape[:2] for n, a in arrays.items()}
     if any(len(s) < 2 for s in shapes.values()) or len(set(shapes.values())) > 1:
-        raise GraphcompError(f"padded arrays must share their first two axes (T, N); got {shapes}")
-    return next(iter(shapes.values()))
+        layout = "(N, T) with batch_first=True" if batch_first else \
+            "time-major (T, N); for (N, T, ...) arrays pass batch_first=True"
+        raise GraphcompError(f"padded arrays must share their first two axes, {layout}; got {shapes}")
+    first, second = next(iter(shapes.values()))
+    return (second, first) if batch_first else (first, second)
 
 
 def model_hash(kernel: Kernel) -> str:
@@ -117,7 +129,8 @@ class Trainer:
     returns True. ``compiled=True`` runs each epoch's minibatches in one compiled function
     (no Python work per minibatch: the win for small models, after a compile of a few
     seconds, cached on disk); ``"auto"`` does so when a fit makes at least
-    ``COMPILED_EPOCH_UPDATES`` updates; tbptt runs in Python."""
+    ``COMPILED_EPOCH_UPDATES`` updates; tbptt runs in Python. ``dtype`` compiles a model given
+    as equations ("float32" or "float64"); ``trainer.params`` come back in the kernel's dtype."""
 
     def __init__(self, model, optimizer: Optimizer | None = None, *, clip_norm: float | None = None,
                  clip_value: float | None = None, train: list | None = None, tbptt: int | tuple | None = None,
@@ -151,21 +164,31 @@ class Trainer:
             raise GraphcompError(f"compiled=True cannot be: {why}; use compiled='auto' or False")
         self.tbptt, self.progress, self.callback, self.compiled = tbptt, progress, callback, compiled
         self._epoch: Epoch | None = None
-        self.params: dict | None = None
+        self._params: dict | None = None   # float64 master copies, updated in place
         self.state: dict | None = None   # the optimizer's slots
         self.steps = 0                   # updates so far
 
+    @property
+    def params(self) -> dict | None:
+        """The trained parameters, in the kernel's dtype. The trainer updates float64 master
+        copies (an update too small for float32 still counts); a float32 trainer hands back
+        float32 copies of them."""
+        if self._params is None or self.kernel.dtype == np.float64:
+            return self._params
+        return {p: v.astype(self.kernel.dtype) for p, v in self._params.items()}
+
     # ------------------------------------------------------------ fitting
     def fit(self, params: dict | None, data, epochs: int = 1, batch_size: int = 32, *, lengths=None,
-            validation=None, patience: int | None = None, seed: int = 0) -> History:
+            validation=None, patience: int | None = None, seed: int = 0, batch_first: bool = False) -> History:
         """Train for ``epochs`` passes over ``data`` in shuffled minibatches of ``batch_size``
         sequences of similar length. ``params=None`` continues from the trainer's parameters
         and optimizer state (after ``fit`` or ``load``). ``validation`` (data in the same forms)
         is evaluated after each epoch; with ``patience`` training stops when it has not
-        improved for that many epochs and the best parameters are kept. The trained
+        improved for that many epochs and the best parameters are kept. ``batch_first=True``:
+        padded arrays (of ``data`` and ``validation``) are ``(N, T, ...)``. The trained
         parameters are in ``trainer.params``."""
         if params is None:
-            if self.params is None:
+            if self._params is None:
                 raise GraphcompError("no parameters to continue from: pass params, or load a checkpoint first")
         else:
             names = list(self.kernel.program.params)
@@ -173,12 +196,12 @@ class Trainer:
             if missing or unknown:
                 raise GraphcompError(f"params must hold the model's parameters {names}: "
                                      + (f"missing {missing}" if missing else f"unknown {unknown}"))
-            self.params = {p: np.array(v, np.float64) for p, v in params.items()}
+            self._params = {p: np.array(v, np.float64) for p, v in params.items()}
             self.state, self.steps = None, 0
         if self.state is None:
-            self.state = self.optimizer.init({p: self.params[p] for p in self.train})
-        data = sequences(data, lengths)
-        val = None if validation is None else sequences(validation)
+            self.state = self.optimizer.init({p: self._params[p] for p in self.train})
+        data = sequences(data, lengths, batch_first)
+        val = None if validation is None else sequences(validation, batch_first=batch_first)
         if patience is not None and val is None:
             raise GraphcompError("patience stops on the validation loss: pass validation=... too")
         if not is_count(batch_size):
@@ -187,14 +210,14 @@ class Trainer:
         rng = np.random.default_rng(seed)
         batches_per_epoch = -(-len(data) // batch_size)
         runner = self._compiled_epoch(epochs * batches_per_epoch)
-        arrays = None if runner is None else runner.data(self.params, data)
+        arrays = None if runner is None else runner.data(self._params, data)
         bar = _bar(epochs * batches_per_epoch, self.progress)
         try:
             for epoch in range(epochs):
                 start, total, seen = time.perf_counter(), 0.0, 0
                 batches = _minibatches(data.lengths, batch_size, rng)
                 if runner is not None:   # all of them in compiled code, but one that fails
-                    losses, done, prev = runner.run(self.params, self.state, arrays, data.lengths, batches,
+                    losses, done, prev = runner.run(self._params, self.state, arrays, data.lengths, batches,
                                                     self.steps, self.clip_norm, self.clip_value)
                     self.steps += done
                     if done:
@@ -219,9 +242,9 @@ class Trainer:
                         bar.set_postfix(epoch=epoch + 1, loss=f"{history.loss[-1]:.4g}",
                                         val=f"{history.val_loss[-1]:.4g}")
                     if history.val_loss[-1] < best[0]:
-                        best = (history.val_loss[-1], _copy(self.params), epoch)
+                        best = (history.val_loss[-1], _copy(self._params), epoch)
                     elif patience is not None and epoch - best[2] >= patience:
-                        self.params = best[1]
+                        self._params = best[1]
                         history.stopped = (f"validation loss did not improve for {patience} epochs; "
                                            f"kept the parameters of epoch {best[2] + 1}")
                         break
@@ -241,9 +264,10 @@ class Trainer:
             self._epoch = Epoch(self.kernel, self.optimizer, self.train)
         return self._epoch if use else None
 
-    def evaluate(self, data, params: dict | None = None, batch_size: int = 256) -> float:
-        """The mean loss per sequence over ``data``."""
-        data, params = sequences(data), self.params if params is None else params
+    def evaluate(self, data, params: dict | None = None, batch_size: int = 256, *, lengths=None,
+                 batch_first: bool = False) -> float:
+        """The mean loss per sequence over ``data`` (in the forms ``fit`` takes)."""
+        data, params = sequences(data, lengths, batch_first), self._params if params is None else params
         total = 0.0
         for index in np.array_split(np.argsort(data.lengths), -(-len(data) // batch_size)):
             inputs, lengths = data.batch(index)
@@ -281,18 +305,18 @@ class Trainer:
                 head = {n: a[:nxt - start] for n, a in window.items()}
                 state = self._carry(head, np.minimum(steps, nxt - start), initial, state, live, B)
                 start = nxt
-            self._last_good = _copy(self.params)
-            self.optimizer.update(self.params, grads, self.state, self.steps)
+            self._last_good = _copy(self._params)
+            self.optimizer.update(self._params, grads, self.state, self.steps)
             self.steps += 1
         return loss
 
     def _loss_and_grad(self, inputs, lengths, initial, epoch):
         try:
-            loss, grads = self.kernel.loss_and_grad(self.params, inputs, lengths=lengths, initial=initial)
+            loss, grads = self.kernel.loss_and_grad(self._params, inputs, lengths=lengths, initial=initial)
         except NotFinite as e:
             if self.steps == 0:
                 raise
-            self.params = self._last_good
+            self._params = self._last_good
             raise GraphcompError(f"training diverged in epoch {epoch + 1} after {self.steps} updates: {e}. "
                                  "trainer.params holds the last parameters whose loss was finite; lower the "
                                  "learning rate or set clip_norm") from None
@@ -302,7 +326,7 @@ class Trainer:
         """The history every delayed signal needs at the next chunk's first step: its last
         values in this chunk (a sequence that ended keeps its final values)."""
         program = self.kernel.program
-        out = self.kernel.forward(self.params, chunk, lengths=steps, initial=initial)
+        out = self.kernel.forward(self._params, chunk, lengths=steps, initial=initial)
         new = {} if state is None else dict(state)
         for name, info in program.signals.items():
             h = info.history
@@ -321,12 +345,12 @@ class Trainer:
     def save(self, path) -> Path:
         """Write the parameters, the optimizer's state and configuration and the model's hash
         to one ``.npz`` file, atomically (a crash leaves the previous file whole)."""
-        if self.params is None:
+        if self._params is None:
             raise GraphcompError("nothing to save yet: fit the model first")
         path = Path(path)
         meta = {"model": model_hash(self.kernel), "optimizer": self.optimizer.config(), "steps": self.steps,
                 "train": self.train}
-        arrays = {f"param/{p}": v for p, v in self.params.items()}
+        arrays = {f"param/{p}": v for p, v in self._params.items()}
         arrays.update({f"slot/{p}/{s}": a for p, slots in (self.state or {}).items() for s, a in slots.items()})
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
@@ -349,7 +373,7 @@ class Trainer:
         if meta["optimizer"]["name"] != type(self.optimizer).__name__:
             raise GraphcompError(f"{path} holds the state of {meta['optimizer']['name']}, this trainer uses "
                                  f"{type(self.optimizer).__name__}: use the same optimizer to continue")
-        self.params = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("param/")}
+        self._params = {k.split("/", 1)[1]: np.array(v, np.float64) for k, v in arrays.items() if k.startswith("param/")}
         self.state = {}
         for k, v in arrays.items():
             if k.startswith("slot/"):

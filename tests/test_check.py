@@ -1,5 +1,6 @@
 """Call-time checks: every bad array is a GraphcompError in the user's names."""
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -63,11 +64,15 @@ def test_inputs(el):
         k.forward(case.params, {"x": case.inputs["x"], "h": 0})
     with err(r"'o' is an output"):
         k.forward(case.params, {"x": case.inputs["x"], "o": 0})
-    with err(r"input 'x' has shape \(7, 3\); expected \(T, B, 3\)"):
+    with err(re.escape("input 'x' has shape (7, 3); expected time-major (T, B, 3); for batch-major arrays "
+                       "(B, T, ...) pass batch_first=True")):
         k.forward(case.params, {"x": case.inputs["x"][..., 0]})
-    with err(r"input 'x' has per-step shape \(2,\), expected \(3,\)"):
+    with err(re.escape("input 'x' has per-step shape (2,), expected (3,) (the model declares x as 3x1; "
+                       "arrays are time-major (T, B, ...))")):
         k.forward(case.params, {"x": case.inputs["x"][..., :2]})
-    with err(r"input 'y' has 5 steps and batch 3 but 'x' has 7 steps and batch 3"):
+    with err(re.escape("input 'y' has 5 steps and batch 3 but 'x' has 7 steps and batch 3; all inputs share "
+                       "their first two axes, time-major (T, B, ...); for batch-major arrays (B, T, ...) pass "
+                       "batch_first=True")):
         k.loss_and_grad(case.params, {"x": case.inputs["x"], "y": case.inputs["y"][:5]})
     x = case.inputs["x"].copy()
     x[2, 1, 0] = np.inf
@@ -91,7 +96,7 @@ def test_lengths(el):
         k.forward(case.params, case.inputs, lengths=[7, 9, 1])
     with err(r"lengths\[2\] = 0 is outside 1..7"):
         k.forward(case.params, case.inputs, lengths=[7, 1, 0])
-    with err(r"lengths has shape \(2,\); expected \(3,\)"):
+    with err(r"lengths has shape \(2,\); expected \(3,\), one length per sequence$"):
         k.forward(case.params, case.inputs, lengths=[7, 1])
     with err("lengths must be integers"):
         k.forward(case.params, case.inputs, lengths=[7, 1.5, 2])
@@ -162,3 +167,61 @@ def test_compile_arguments(el):
     m = gc.Recurrence({sp.Function("s")(t): sp.Function("s")(t - 1) + 1})
     with err("the model has no loss"):
         gc.compile(m).loss_and_grad({}, steps=2)
+
+
+def test_batch_first_reads_and_returns_batch_major_arrays(el):
+    case, k = el
+    major = {n: np.swapaxes(a, 0, 1) for n, a in case.inputs.items()}      # (B, T, ...)
+    lengths = np.array([7, 3, 5])
+    out = k.forward(case.params, major, lengths, batch_first=True)
+    ref = k.forward(case.params, case.inputs, lengths)
+    assert out["h"].shape == (3, 7, 4) and out["o"].shape == ref["o"].shape[1::-1] + ref["o"].shape[2:]
+    for n in ref:
+        np.testing.assert_array_equal(out[n], np.swapaxes(ref[n], 0, 1))
+    loss, grads = k.loss_and_grad(case.params, major, lengths, batch_first=True)
+    ref_loss, ref_grads = k.loss_and_grad(case.params, case.inputs, lengths)
+    assert loss == ref_loss and all(np.array_equal(grads[p], ref_grads[p]) for p in grads)
+    loss, _ = k.loss_and_grad(case.params, major, lengths, batch_first=True, method="rtrl")
+    assert loss == pytest.approx(ref_loss, rel=1e-12)
+
+
+def test_batch_first_shape_errors_speak_batch_major(el):
+    case, k = el
+    major = {n: np.swapaxes(a, 0, 1) for n, a in case.inputs.items()}
+    with err(re.escape("input 'x' has shape (3, 7); expected batch-major (B, T, 3) since batch_first=True "
+                       "(without it, arrays are time-major (T, B, ...))")):
+        k.forward(case.params, {"x": major["x"][..., 0]}, batch_first=True)
+    with err(re.escape("input 'y' has batch 3 and 5 steps but 'x' has batch 3 and 7 steps; with "
+                       "batch_first=True all inputs are (B, T, ...)")):
+        k.loss_and_grad(case.params, {"x": major["x"], "y": major["y"][:, :5]}, batch_first=True)
+
+
+def test_lengths_with_one_entry_per_step_suggest_batch_first(el):
+    case, k = el
+    major = {"x": np.swapaxes(case.inputs["x"], 0, 1)}   # (3, 7, 3) read as T = 3 steps of B = 7
+    with err(re.escape("lengths has shape (3,); expected (7,), one length per sequence; the inputs ['x'] are read "
+                       "time-major (T, B, ...) as T = 3 steps of B = 7 sequences: if they are batch-major "
+                       "(B, T, ...), pass batch_first=True")):
+        k.forward(case.params, major, lengths=[7, 3, 5])
+
+
+def test_square_batch_major_arrays_with_lengths_warn():
+    """With T == B both layouts fit: padding that lies along the wrong axis gives it away."""
+    model = gc.models.elman(2, 3, 2)
+    k, params = gc.compile(model, backend="reference"), model.init_params(seed=0)
+    rng = np.random.default_rng(0)
+    lengths = np.array([4, 2, 3, 1])
+    valid = np.arange(4)[:, None] < lengths[None, :]                  # (T, B)
+    x, y = rng.normal(size=(4, 4, 2)) * valid[..., None], rng.normal(size=(4, 4, 2)) * valid[..., None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                 # time-major and padded: no warning
+        k.loss_and_grad(params, {"x": x, "y": y}, lengths)
+        k.forward(params, {"x": rng.normal(size=(4, 4, 2))}, lengths)  # padding holding data: no warning
+    major = {"x": np.swapaxes(x, 0, 1), "y": np.swapaxes(y, 0, 1)}
+    with pytest.warns(UserWarning, match=re.escape("the arrays ['x', 'y'] look transposed: with these lengths their "
+                                                   "padding (zeros) lies past each sequence's end along the axis "
+                                                   "read as the batch")):
+        k.loss_and_grad(params, major, lengths)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        k.loss_and_grad(params, major, lengths, batch_first=True)

@@ -68,3 +68,15 @@ def test_missing_dot_writes_the_source(file, tmp_path):
     assert r.returncode == 1
     assert "`dot` program was not found" in r.stderr and "apt-get install graphviz" in r.stderr
     assert not out.exists() and "digraph" in (tmp_path / "c.dot").read_text()
+
+
+def test_the_suggested_example_exists_and_draws(tmp_path, capsys, monkeypatch):
+    import re
+    from pathlib import Path
+    assert main(["draw", "model.py", "-o", str(tmp_path / "x.svg")]) == 2
+    suggested = re.search(r"e\.g\. (\S+)$", capsys.readouterr().err.strip()).group(1)
+    assert suggested == "examples/system_id.py:lotka_volterra"
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)   # the path is the repository's
+    out = tmp_path / "lv.svg"
+    assert main(["draw", suggested, "-o", str(out)]) == 0
+    assert "</svg>" in out.read_text()

@@ -1,5 +1,7 @@
-"""Optimizers equal torch.optim update by update; schedules and clipping by hand."""
+"""Optimizers equal torch.optim update by update; schedules and clipping by hand; the
+init/update API of a custom loop does what the trainer does and refuses what it cannot update."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -96,3 +98,41 @@ def test_clip_by_norm_and_value():
 def test_bad_settings_are_refused(make, message):
     with pytest.raises(gc.GraphcompError, match=message):
         make()
+
+
+def test_a_custom_loop_with_init_and_update_is_what_the_trainer_does():
+    model = gc.models.elman(2, 3, 2)
+    kernel = gc.compile(model, backend="reference")
+    rng = np.random.default_rng(1)
+    data = {"x": rng.normal(size=(6, 4, 2)), "y": rng.normal(size=(6, 4, 2))}
+    opt = optim.Adam(1e-2)
+    params = {p: np.array(v, np.float64) for p, v in model.init_params(seed=0).items()}
+    state = opt.init(params)
+    assert set(state) == set(params) and state["W"]["m"].shape == (3, 3)
+    for step in range(5):
+        loss, grads = kernel.loss_and_grad(params, data)
+        optim.clip(grads, norm=1.0)
+        opt.update(params, grads, state, step)
+    trainer = gc.Trainer(kernel, optim.Adam(1e-2), clip_norm=1.0, progress=False)
+    trainer.fit(model.init_params(seed=0), data, epochs=5, batch_size=4)   # one minibatch an epoch
+    for p in params:
+        np.testing.assert_allclose(params[p], trainer.params[p], rtol=1e-12, atol=1e-15)
+
+
+def test_update_refuses_arrays_it_cannot_change_in_place():
+    opt = optim.SGD(0.1)
+    good = {"w": np.zeros((2, 3))}
+    state = opt.init(good)
+    cases = [
+        ({"w": 0.5}, "update changes params in place, but params['w'] is float: give np.array(value, np.float64)"),
+        ({"w": np.zeros((2, 3), np.float32)}, "params['w'] is a float32 array: give np.array(value, np.float64)"),
+        ({"w": np.zeros((3, 2)).T}, "params['w'] is a float64 array, not C-contiguous"),
+    ]
+    for params, message in cases:
+        with pytest.raises(gc.GraphcompError, match=re.escape(message)):
+            opt.update(params, {"w": np.ones((2, 3))}, state, 0)
+    with pytest.raises(gc.GraphcompError, match=re.escape("the optimizer state has no slots for 'w': call "
+                                                          "state = optimizer.init(params)")):
+        opt.update(good, {"w": np.ones((2, 3))}, {}, 0)
+    opt.update(good, {"w": np.ones((2, 3))}, state, 0)
+    np.testing.assert_array_equal(good["w"], -0.1)

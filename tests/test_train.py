@@ -1,6 +1,8 @@
 """The trainer: minibatches of variable-length sequences equal per-sequence gradients,
 truncated BPTT equals full BPTT where it must, freezing, early stopping, divergence,
-checkpoints, progress, and fitting a system's parameters."""
+checkpoints, progress, batch-first data, float32 parameters, and fitting a system's parameters."""
+import re
+
 import numpy as np
 import pytest
 import sympy as sp
@@ -268,3 +270,47 @@ def test_an_input_read_ahead_refuses_tbptt():
     model = gc.Recurrence({s(t): a * s(t - 1) + x(t + 1)}, loss=(s(t) - y(t)) ** 2)
     with pytest.raises(gc.GraphcompError, match=r"tbptt cuts time into segments, but 'x' is read at x\(t\+1\)"):
         gc.Trainer(gc.compile(model, backend="reference"), tbptt=3)
+
+
+def test_batch_first_data_trains_like_time_major(kernel):
+    seqs = simulate(kernel, 6, 10, seed=2)
+    arr, lengths = pad(seqs)
+    major = {n: v.T.copy() for n, v in arr.items()}          # (N, T)
+    one = gc.Trainer(kernel, optim.Adam(0.05), progress=False)
+    two = gc.Trainer(kernel, optim.Adam(0.05), progress=False)
+    one.fit(START, arr, epochs=3, batch_size=2, lengths=lengths, validation=arr)
+    two.fit(START, major, epochs=3, batch_size=2, lengths=lengths, validation=major, batch_first=True)
+    for p in START:
+        assert two.params[p] == one.params[p]
+    assert two.evaluate(major, lengths=lengths, batch_first=True) == one.evaluate(arr, lengths=lengths)
+    with pytest.raises(gc.GraphcompError, match=re.escape(
+            "lengths must be (10,) integers in 1..6 for data of 10 sequences of 6 steps (time-major (T, N, ...)), "
+            f"got {lengths!r}; if the arrays are (N, T, ...), pass batch_first=True")):
+        one.fit(START, major, lengths=lengths)
+
+
+def test_square_batch_major_data_warns(kernel):
+    lengths = np.array([4, 2, 3, 1])
+    valid = np.arange(4)[:, None] < lengths[None, :]
+    rng = np.random.default_rng(0)
+    arr = {"x": rng.normal(size=(4, 4)) * valid, "y": rng.normal(size=(4, 4)) * valid}
+    trainer = gc.Trainer(kernel, optim.SGD(0.01), progress=False)
+    with pytest.warns(UserWarning, match=r"the arrays \['x', 'y'\] look transposed"):
+        trainer.fit(START, {n: v.T for n, v in arr.items()}, lengths=lengths)
+
+
+def test_a_float32_trainer_hands_back_float32_parameters(kernel, tmp_path):
+    model = gc.Recurrence({s(t): a * s(t - 1) + c * x(t)}, loss=(s(t) - y(t)) ** 2)
+    trainer = gc.Trainer(model, optim.SGD(0.05), dtype="float32", progress=False)
+    seqs = [{"x": np.ones(5), "y": np.full(5, 0.5)}]
+    trainer.fit({"a": 0.1, "c": 0.1}, seqs, epochs=3)
+    assert trainer.kernel.dtype == np.float32
+    assert all(np.asarray(v).dtype == np.float32 for v in trainer.params.values())
+    trainer.save(tmp_path / "f32.npz")
+    loaded = gc.Trainer(model, optim.SGD(0.05), dtype="float32", progress=False).load(tmp_path / "f32.npz")
+    assert {p: v.dtype for p, v in loaded.items()} == {"a": np.float32, "c": np.float32}
+    assert all(loaded[p] == trainer.params[p] for p in loaded)
+    wide = gc.Trainer(model, optim.SGD(0.05), progress=False)
+    wide.fit({"a": 0.1, "c": 0.1}, seqs, epochs=3)
+    assert all(np.asarray(v).dtype == np.float64 for v in wide.params.values())
+    assert all(trainer.params[p] == pytest.approx(wide.params[p], rel=1e-5) for p in ("a", "c"))
