@@ -98,9 +98,8 @@ def prepare(step: Step, params, inputs, lengths=None, initial=None, *, with_loss
     for name, shape in step.params.items():
         want = shape[:1] if shape[1:] == (1,) else shape
         a = _array(params[name], f"parameter {name!r}", dtype)
-        if a.shape != want:
-            hint = f" (a 1-D array; use .ravel())" if len(want) == 1 and a.size == want[0] else ""
-            raise GraphcompError(f"parameter {name!r} has shape {_fmt(a.shape)}, expected {_fmt(want)}{hint}")
+        if a.shape != want and not (a.shape == shape and name in step.weights):
+            raise GraphcompError(f"parameter {name!r} has shape {_fmt(a.shape)}, expected {_expected(step, name, a)}")
         _finite(a, f"parameter {name!r}")
         out_params[name] = a.reshape(shape)
 
@@ -292,6 +291,17 @@ def seeds(step: Step, given, B: int, dtype) -> dict:
         _finite(a, f"final cotangent of {name!r}")
         out[name] = a.reshape((k, B) + info.shape)
     return out
+
+
+def _expected(step: Step, name: str, given: np.ndarray) -> str:
+    """The shapes parameter ``name`` may have: ``(n,)`` for an n x 1 column, and also ``(n, 1)``
+    for a weight (it multiplies a signal); a bias is ``(n,)`` only."""
+    shape = step.params[name]
+    if shape[1:] != (1,):
+        return _fmt(shape)
+    if name in step.weights:
+        return f"{_fmt(shape[:1])} or {_fmt(shape)} (a weight with one column)"
+    return f"{_fmt(shape[:1])}" + (" (a bias: a 1-D array; use .ravel())" if given.size == shape[0] else "")
 
 
 def _what(info: SignalInfo) -> str:

@@ -3,17 +3,269 @@ a user writes a recurrence with. Scalars are plain sympy; vectors are sympy matr
 expressions whose leaves are ``SignalRef`` (``h(t-1)``) and ``MatrixSymbol`` (``W``)."""
 from __future__ import annotations
 
+import operator
+
+import numpy as np
 import sympy as sp
+from sympy.core.function import AppliedUndef
 from sympy.core.symbol import Str
-from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction as _SympyElementwise
+from sympy.matrices.expressions.matexpr import MatrixElement
 
 from .errors import GraphcompError
 
 t = sp.Symbol("t", integer=True)
 """The time index. Signals are read at ``t`` plus an integer constant."""
 
+TIME_ONLY = ("graphcomp supports recurrences over the time index gc.t only for now "
+             "(grids over several axes and trees are planned)")
 
-class SignalRef(sp.MatrixExpr):
+
+# ---------------------------------------------------------------- checked matrix arithmetic
+
+class _Checked:
+    """The arithmetic of every matrix expression graphcomp hands out (signals, parameters and
+    all that is built from them): sympy's, except that a mistake sympy would report as a
+    ShapeError or a TypeError is a GraphcompError naming the operands, a scalar plus a matrix
+    broadcasts (``1 - z`` is ones minus z), and NumPy's functions are refused with the gc
+    spelling. Its ``_op_priority`` above sympy's makes sympy hand an operator with one of
+    these operands to it. A checked expression compares and hashes as the sympy one it extends
+    (the classes carry sympy's names), so it can be compared with plain sympy."""
+
+    _op_priority = 20.0
+
+    def __add__(self, other):
+        return _sum(self, _operand(other, "+", self))
+
+    def __radd__(self, other):
+        return _sum(_operand(other, "+", self), self)
+
+    def __sub__(self, other):
+        return _sum(self, _negate(_operand(other, "-", self)))
+
+    def __rsub__(self, other):
+        return _sum(_operand(other, "-", self), _negate(self))
+
+    def __neg__(self):
+        return _negate(self)
+
+    def __mul__(self, other):
+        return _product(self, _operand(other, "*", self))
+
+    def __rmul__(self, other):
+        return _product(_operand(other, "*", self), self)
+
+    __matmul__, __rmatmul__ = __mul__, __rmul__
+
+    def __truediv__(self, other):
+        other = _operand(other, "/", self)
+        if isinstance(other, sp.MatrixExpr):
+            raise GraphcompError(f"{_show(self)}/{_show(other)} divides by a matrix; for the elementwise "
+                                 f"quotient write gc.hadamard({self}, gc.elementwise(lambda v: 1/v, {other}))")
+        return _product(self, 1 / other)
+
+    def __rtruediv__(self, other):
+        raise GraphcompError(f"{other}/{_show(self)} divides by a matrix; for the elementwise quotient write "
+                             f"gc.elementwise(lambda v: {other}/v, {self})")
+
+    def __pow__(self, k):
+        k = _operand(k, "**", self)
+        if self.shape[0] != self.shape[1] or not (k.is_Integer and k > 0):
+            shown = k if (k.is_Integer and k >= 0) or k.is_Symbol else f"({k})"
+            raise GraphcompError(f"{_show(self)}**{shown}: ** on the {_shape(self)} matrix {self} is a matrix power; "
+                                 f"for the elementwise power write gc.elementwise(lambda v: v**{shown}, {self})")
+        return _adopt(sp.MatPow(self, k).doit())
+
+    def __rpow__(self, base):
+        raise GraphcompError(f"{base}**{_show(self)}: a matrix exponent is not supported; for the elementwise "
+                             f"power write gc.elementwise(lambda v: {base}**v, {self})")
+
+    def __abs__(self):
+        raise GraphcompError(f"abs({self}): write gc.elementwise(sp.Abs, {self}) for the elementwise absolute value")
+
+    def transpose(self):
+        return _adopt(super().transpose())
+
+    def __getitem__(self, key):
+        try:
+            return super().__getitem__(key)
+        except IndexError:
+            raise GraphcompError(f"{_show(self)}[{key}]: {self} is {_shape(self)}, so its entries are "
+                                 f"[0..{self.shape[0] - 1}, 0..{self.shape[1] - 1}]") from None
+
+    def __eq__(self, other):
+        return sp.Basic.__eq__(_plain(self), _plain(other))
+
+    __hash__ = sp.Basic.__hash__
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        """NumPy's arithmetic with a NumPy scalar is sympy's; a NumPy function is refused."""
+        name = ufunc.__name__
+        if method == "__call__" and name in _ARITHMETIC and not kwargs:
+            return _ARITHMETIC[name](*(sp.sympify(float(a)) if isinstance(a, np.generic) else a for a in inputs))
+        gc_name = {"maximum": "relu"}.get(name, name)
+        fix = (f"gc.{gc_name}({self})" if gc_name in ("tanh", "exp", "log", "relu")
+               else f"gc.elementwise(sp.{name}, {self})" if hasattr(sp, name)
+               else f"gc.elementwise(lambda z: ..., {self}) with the formula of {name}")
+        raise GraphcompError(f"np.{name} is applied to the sympy expression {self}: NumPy functions work on "
+                             f"arrays, not on declarations; write {fix}")
+
+
+_ARITHMETIC = {"add": operator.add, "subtract": operator.sub, "multiply": operator.mul,
+               "matmul": operator.mul, "true_divide": operator.truediv, "negative": operator.neg,
+               "power": operator.pow}
+
+
+def _operand(x, op: str, other):
+    """``x`` as a sympy object, or an error saying why it cannot meet ``other`` under ``op``."""
+    if isinstance(x, np.ndarray):
+        raise GraphcompError(f"a NumPy array meets {other} under {op}: a declaration is made of sympy "
+                             "expressions; make the array a parameter (gc.param) and pass its value in params")
+    try:
+        return sp.sympify(x, strict=True)
+    except sp.SympifyError:
+        raise GraphcompError(f"{x!r} ({type(x).__name__}) cannot be combined with {other} under {op}; "
+                             "give a number or a sympy expression") from None
+
+
+def _show(e) -> str:
+    """An operand as written in a product or quotient: a sum in parentheses."""
+    return f"({e})" if isinstance(e, sp.MatAdd) else str(e)
+
+
+def _shape(e) -> str:
+    return "x".join(str(n) for n in e.shape)
+
+
+def undefined(name: str, arg) -> str:
+    """What to write instead of an undefined ``sp.Function(name)`` applied to ``arg``."""
+    return (f"{name} is an undefined sympy Function, applied to {arg}: graphcomp cannot compute or differentiate "
+            f"it; give its formula in z, e.g. gc.elementwise(lambda z: sp.log(1 + sp.exp(z)), {arg}) for a "
+            "softplus, or use gc.tanh, gc.sigmoid, gc.relu, gc.exp, gc.log")
+
+
+def misapplied(f) -> str:
+    """What to write instead of a scalar sympy function applied to a matrix: ``sp.tanh(W*h)``
+    is ``gc.tanh(W*h)``; an undefined ``sp.Function("f")`` needs its formula."""
+    arg = next(a for a in f.args if isinstance(a, sp.MatrixExpr))
+    name = getattr(f.func, "__name__", str(f.func))
+    if isinstance(f, AppliedUndef):
+        return undefined(name, arg)
+    fix = f"gc.{name}({arg})" if name in ("tanh", "exp", "log") else f"gc.elementwise(sp.{name}, {arg})"
+    return f"sympy's scalar {name} is applied to the {_shape(arg)} matrix {arg}; for the elementwise {name} write {fix}"
+
+
+def _scalar(e, other):
+    """A scalar that may meet a matrix: not a sympy function of a matrix (a scalar to sympy)."""
+    for f in sp.preorder_traversal(e):
+        if isinstance(f, sp.Function) and any(isinstance(a, sp.MatrixExpr) for a in f.args):
+            raise GraphcompError(f"{f}, where it meets {other}: {misapplied(f)}")
+    return e
+
+
+def _sum(a, b):
+    """``a + b``; a scalar term is broadcast over the matrix one (times a matrix of ones)."""
+    am, bm = isinstance(a, sp.MatrixExpr), isinstance(b, sp.MatrixExpr)
+    if am and bm and a.shape != b.shape:
+        raise GraphcompError(f"{a} + {b}: {a} is {_shape(a)} and {b} is {_shape(b)}; the terms of a sum "
+                             "must have the same shape: check the sizes given to gc.param and gc.signal")
+    if not am:
+        a = _broadcast(_scalar(a, b), b.shape)
+    if not bm:
+        b = _broadcast(_scalar(b, a), a.shape)
+    return _adopt(sp.MatAdd(a, b).doit())
+
+
+def _broadcast(s, shape):
+    return sp.ZeroMatrix(*shape) if s == 0 else sp.MatMul(s, ones(*shape)).doit()
+
+
+def _negate(e):
+    return _adopt(sp.MatMul(sp.S.NegativeOne, e).doit()) if isinstance(e, sp.MatrixExpr) else -e
+
+
+def _product(a, b):
+    """``a * b``: a matrix product, or a scalar times a matrix."""
+    if isinstance(a, sp.MatrixExpr) and isinstance(b, sp.MatrixExpr):
+        if a.shape[1] != b.shape[0]:
+            same = (f"; for the elementwise product write gc.hadamard({a}, {b})" if a.shape == b.shape else
+                    ": check the sizes given to gc.param and gc.signal")
+            raise GraphcompError(f"{_show(a)}*{_show(b)}: {a} is {_shape(a)} and {b} is {_shape(b)}; a matrix "
+                                 f"product needs the columns of {a} ({a.shape[1]}) to equal the rows of {b} "
+                                 f"({b.shape[0]}){same}")
+    elif isinstance(a, sp.MatrixExpr):
+        b = _scalar(b, a)
+    else:
+        a = _scalar(a, b)
+    return _adopt(sp.MatMul(a, b).doit())
+
+
+def _plain(e):
+    """A checked expression as the sympy class it extends (itself for graphcomp's own)."""
+    base = _SYMPY.get(type(e))
+    return sp.Basic.__new__(base, *e.args) if base else e
+
+
+def _adopt(e):
+    """The same expression as one of the checked classes, so that its arithmetic is checked too."""
+    cls = _CHECKED.get(type(e))
+    return sp.Basic.__new__(cls, *e.args) if cls else e
+
+
+# sympy's matrix expressions with checked arithmetic; they keep sympy's names, so they print,
+# compare and hash as sympy's do
+
+
+class MatrixSymbol(_Checked, sp.MatrixSymbol):
+    """A matrix parameter (``gc.param("W", H, D)``)."""
+
+
+class MatAdd(_Checked, sp.MatAdd):
+    pass
+
+
+class MatMul(_Checked, sp.MatMul):
+    pass
+
+
+class MatPow(_Checked, sp.MatPow):
+    pass
+
+
+class Transpose(_Checked, sp.Transpose):
+    pass
+
+
+class HadamardProduct(_Checked, sp.HadamardProduct):
+    pass
+
+
+class BlockMatrix(_Checked, sp.BlockMatrix):
+    pass
+
+
+class OneMatrix(_Checked, sp.OneMatrix):
+    pass
+
+
+class ElementwiseApplyFunction(_Checked, _SympyElementwise):
+    pass
+
+
+_CHECKED = {c.__bases__[1]: c for c in (MatrixSymbol, MatAdd, MatMul, MatPow, Transpose, HadamardProduct,
+                                      BlockMatrix, OneMatrix, ElementwiseApplyFunction)}
+_SYMPY = {c: base for base, c in _CHECKED.items()}
+
+
+def ones(rows: int, cols: int = 1) -> OneMatrix:
+    """The rows x cols matrix of ones (a column by default): ``gc.ones(H) - z``, also written
+    ``1 - z``."""
+    return OneMatrix(_size("ones", "matrix", rows), _size("ones", "matrix", cols))
+
+
+# ---------------------------------------------------------------- signals and parameters
+
+class SignalRef(_Checked, sp.MatrixExpr):
     """``h(t-1)``: the (column-vector or matrix) value of signal ``h`` at one time."""
 
     def __new__(cls, name: str, time, rows: int, cols: int = 1):
@@ -25,7 +277,7 @@ class SignalRef(sp.MatrixExpr):
     shape = property(lambda self: (self.args[2], self.args[3]))
 
     def _entry(self, i, j, **kwargs):
-        return sp.MatrixElement(self, i, j)
+        return MatrixElement(self, i, j)
 
     def _sympystr(self, printer) -> str:
         return f"{self.name}({printer._print(self.time)})"
@@ -46,8 +298,11 @@ class Signal:
     def __init__(self, name: str, rows: int, cols: int = 1):
         self.name, self.rows, self.cols = name, rows, cols
 
-    def __call__(self, time) -> SignalRef:
-        return SignalRef(self.name, time, self.rows, self.cols)
+    def __call__(self, *axes) -> SignalRef:
+        if len(axes) != 1:
+            shown = f"{self.name}({', '.join(map(str, axes))})"
+            raise GraphcompError(f"{shown}: {TIME_ONLY}; a signal takes one argument, the time, like {self.name}(t-1)")
+        return SignalRef(self.name, axes[0], self.rows, self.cols)
 
     def __repr__(self) -> str:
         return f"signal({self.name!r}, {self.rows}{'' if self.cols == 1 else f', {self.cols}'})"
@@ -77,7 +332,12 @@ def param(name: str, rows: int | None = None, cols: int | None = None):
     if rows is None:
         return sp.Symbol(name)
     rows = _size(name, "parameter", rows)
-    return sp.MatrixSymbol(name, rows, 1 if cols is None else _size(name, "parameter", cols))
+    return MatrixSymbol(name, rows, 1 if cols is None else _size(name, "parameter", cols))
+
+
+def child(k: int):
+    """The k-th child of a tree node: trees are not supported yet."""
+    raise GraphcompError(f"gc.child({k}): {TIME_ONLY}; write the update over gc.t, reading h(t-1)")
 
 
 # ---------------------------------------------------------------- elementwise functions
@@ -137,6 +397,9 @@ def elementwise(fn, expr):
     """Apply a one-argument sympy function (or ``sympy.Lambda``) to every entry of ``expr``."""
     expr = sp.sympify(expr)
     lam = _as_lambda(fn)
+    for f in lam.expr.atoms(AppliedUndef):   # sp.Function("f"): nothing to compute or differentiate
+        if f.has(lam.variables[0]):
+            raise GraphcompError(undefined(f.func.__name__, expr))
     if isinstance(expr, sp.MatrixExpr):
         # built directly: sympy's constructor calls the function on a 1x1 matrix, and
         # gc.sigmoid of a matrix is this very constructor
@@ -162,7 +425,7 @@ def hadamard(a, b):
     if isinstance(a, sp.MatrixExpr) and isinstance(b, sp.MatrixExpr):
         if a.shape != b.shape:
             raise GraphcompError(f"hadamard({a}, {b}): shapes {_shape(a)} and {_shape(b)} differ")
-        return sp.HadamardProduct(a, b)
+        return HadamardProduct(a, b)
     return a * b
 
 
@@ -177,11 +440,7 @@ def concat(*parts):
     if len({p.shape[1] for p in parts}) != 1:
         raise GraphcompError("concat: parts have different numbers of columns: "
                              + ", ".join(f"{p} is {_shape(p)}" for p in parts))
-    return parts[0] if len(parts) == 1 else sp.BlockMatrix([[p] for p in parts])
-
-
-def _shape(e) -> str:
-    return "x".join(str(n) for n in e.shape)
+    return parts[0] if len(parts) == 1 else _adopt(sp.BlockMatrix([[p] for p in parts]))
 
 
 class MeanSquaredError(sp.Expr):

@@ -310,7 +310,7 @@ def _lstm_cell(H: int, peephole: bool) -> Callable:
             p = {g: param(name(f"p_{g}"), H) for g in "ifo"}
             pre = {"i": pre["i"] + hadamard(p["i"], c(t + d)), "f": pre["f"] + hadamard(p["f"], c(t + d)),
                    "g": pre["g"], "o": pre["o"] + hadamard(p["o"], c(t))}
-            rules.update({v.name: 0.0 for v in p.values()})
+            rules.update({v.name: "glorot" for v in p.values()})   # weights: each multiplies c
         i, f, g, og = sigmoid(pre["i"]), sigmoid(pre["f"]), tanh(pre["g"]), sigmoid(pre["o"])
         updates = {c(t): hadamard(f, c(t + d)) + hadamard(i, g), h(t): hadamard(og, tanh(c(t)))}
         return updates, h, rules

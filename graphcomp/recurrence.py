@@ -136,17 +136,22 @@ class Recurrence:
         return draw(self.step, kind, steps, max_columns)
 
     def init_params(self, seed: int = 0) -> dict:
-        """Random parameters in their NumPy shapes: matrices N(0, 1/fan_in), vectors zero,
-        scalars uniform in (-0.5, 0.5)."""
+        """Seeded parameters in their NumPy shapes, by role: a weight (it multiplies a signal,
+        ``model.step.weights``) Glorot-uniform over the fans of its declared shape, a bias
+        (only added) zero, a scalar uniform in (-0.5, 0.5). Every H x 1 parameter, weight or
+        bias, comes back as ``(H,)``, as from ``gc.models.init``; kernels also take an H x 1
+        weight as ``(H, 1)`` and return its gradient in that shape."""
         rng = np.random.default_rng(seed)
         out = {}
         for p, shape in self.step.params.items():
+            given = shape[:1] if shape[1:] == (1,) else shape
             if not shape:
                 out[p] = float(rng.uniform(-0.5, 0.5))
-            elif shape[1] == 1:
-                out[p] = np.zeros(shape[0])
+            elif p in self.step.weights:
+                limit = np.sqrt(6.0 / (shape[0] + shape[1]))
+                out[p] = rng.uniform(-limit, limit, given)
             else:
-                out[p] = rng.normal(0.0, 1.0 / np.sqrt(shape[1]), shape)
+                out[p] = np.zeros(given)
         return out
 
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Mapping
 
 import networkx as nx
 import sympy as sp
 from sympy.core.function import AppliedUndef
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+from sympy.matrices.expressions.matexpr import MatrixElement
 
 from . import ir
-from .declare import CrossEntropy, MeanSquaredError, SignalRef, t
+from .declare import TIME_ONLY, CrossEntropy, MeanSquaredError, SignalRef, misapplied, t, undefined
 from .errors import GraphcompError
 from .ir import X, Node
 
@@ -73,6 +75,20 @@ class Step:
     def inputs(self) -> list:
         return [n for n, s in self.signals.items() if s.role == "input"]
 
+    @cached_property
+    def weights(self) -> frozenset:
+        """The parameters that multiply a signal, or a value that depends on one (``W h``,
+        ``u(t) U``, ``V.T h``, ``p ⊙ c``, both factors of ``P Q h``): weights, drawn at random by
+        ``init_params``. The others are only added (biases, also ``b`` in ``r ⊙ (W h + b)``)
+        and start at zero: a weight at zero would leave its input unseen, a bias is harmless."""
+        factors = set()                                   # nodes that multiply a signal
+        for node in reversed(ir.toposort(self.roots())):  # every user before its arguments
+            for i, arg in enumerate(node.args):
+                # a factor made of parameters alone (P Q, V.T) passes the role to its parts
+                if _multiplies(node, i) or (node in factors and not node.batched and _linear(node, i)):
+                    factors.add(arg)
+        return frozenset(n.attr for n in factors if n.op == "param")
+
     def roots(self, with_loss: bool = True) -> list:
         """The nodes the step computes: its updates, outputs and (if asked) loss."""
         loss = [self.loss] if with_loss and self.loss is not None else []
@@ -92,12 +108,31 @@ class Step:
         return ir.pretty(roots)
 
 
+def _multiplies(node: Node, i: int) -> bool:
+    """Argument i of ``node`` is a factor of a product whose other factor reads a signal."""
+    if node.op == "matmul":
+        return node.args[1 - i].batched
+    if node.op != "map" or not _linear(node, i):
+        return False
+    coefficient = sp.diff(node.attr, X(i)).free_symbols
+    return any(a.batched and X(j) in coefficient for j, a in enumerate(node.args) if j != i)
+
+
+def _linear(node: Node, i: int) -> bool:
+    """``node`` is linear in its argument i, so being a factor of a product passes to it:
+    (A + B) h multiplies both A and B by h; tanh(A) h multiplies neither."""
+    if node.op == "map":
+        return sp.diff(node.attr, X(i), 2) == 0
+    return node.op in ("matmul", "transpose", "concat", "take", "total", "broadcast")
+
+
 def _time_offset(arg, shown, where: str) -> int:
     """The integer k of a time argument ``t + k``; anything else is an error."""
     arg = sp.sympify(arg)
     arg = arg.xreplace({s: t for s in arg.free_symbols if isinstance(s, sp.Symbol) and s.name == "t"})
     if t not in arg.free_symbols:
-        raise GraphcompError(f"{shown} in {where}: signals are read at t plus an integer "
+        axes = f"{TIME_ONLY}; " if arg.free_symbols else ""   # another axis: h(i-1), or a child
+        raise GraphcompError(f"{shown} in {where}: {axes}signals are read at t plus an integer "
                              f"constant, like {_name(shown)}(t-1); {_name(shown)}({arg}) does not involve t")
     k = sp.simplify(arg - t)
     if not k.is_Integer:
@@ -163,10 +198,6 @@ class _Lowering:
                 raise GraphcompError(f"the time index t appears outside a signal's argument in {self.where}; "
                                      "a step cannot depend on t directly: pass time-varying values as an input signal")
             return self.param(e.name, (), e)
-        if isinstance(e, AppliedUndef):
-            if len(e.args) != 1:
-                raise GraphcompError(f"{e} in {self.where}: a signal takes one argument, the time (like {e.func}(t-1))")
-            return self.read(e.func.__name__, e.args[0], (), e)
         if isinstance(e, MeanSquaredError):
             pred, target = (self.matrix(a) for a in e.args)
             n = pred.shape[0] * pred.shape[1]
@@ -177,11 +208,20 @@ class _Lowering:
             return ir.emap(-X(0), [ir.total(ir.emap(X(0) * (X(1) - X(2)), [y, z, lse]))])
         if isinstance(e, sp.Trace) and e.arg.shape == (1, 1):
             return ir.total(self.matrix(e.arg))
+        if isinstance(e, MatrixElement) and e.i.is_Integer and e.j.is_Integer:   # h(t)[i]: one entry
+            row = ir.take(self.matrix(e.parent), int(e.i), int(e.i) + 1)
+            return ir.total(ir.take(ir.transpose(row), int(e.j), int(e.j) + 1))
         for a in e.args:
             if isinstance(a, sp.MatrixExpr):
-                fn = getattr(e.func, "__name__", str(e.func))
-                raise GraphcompError(f"{fn} is applied to the matrix expression {a} in {self.where}; "
-                                     f"use gc.{fn}(...) or gc.elementwise({fn}, ...) for elementwise functions")
+                what = misapplied(e) if isinstance(e, sp.Function) else f"the matrix {a} is mixed into a scalar"
+                raise GraphcompError(f"{e} in {self.where}: {what}")
+        if isinstance(e, AppliedUndef):
+            if len(e.args) != 1:
+                raise GraphcompError(f"{e} in {self.where}: {TIME_ONLY}; a signal takes one argument, "
+                                     f"the time, like {e.func}(t-1)")
+            if e.args[0].atoms(AppliedUndef):   # applied to a value, not to a time
+                raise GraphcompError(f"{e} in {self.where}: {undefined(e.func.__name__, e.args[0])}")
+            return self.read(e.func.__name__, e.args[0], (), e)
         if isinstance(e, (sp.Add, sp.Mul, sp.Pow, sp.Function)):
             args = [self.scalar(a) for a in e.args]
             return ir.emap(e.func(*(X(i) for i in range(len(args)))), args)
@@ -250,6 +290,8 @@ def _lhs_name(lhs, where: str) -> tuple[str, tuple]:
         name, time, shape = lhs.name, lhs.time, tuple(int(n) for n in lhs.shape)
     elif isinstance(lhs, AppliedUndef) and len(lhs.args) == 1:
         name, time, shape = lhs.func.__name__, lhs.args[0], ()
+    elif isinstance(lhs, AppliedUndef):
+        raise GraphcompError(f"the update key {lhs}: {TIME_ONLY}; write updates as {{{lhs.func}(t): expression}}")
     else:
         raise GraphcompError(f"the update key {lhs!r} is not a signal at time t; write updates as "
                              "{s(t): expression} with s = sympy.Function('s') or gc.signal('s', n)")

@@ -39,7 +39,7 @@ def test_parameter_shapes_and_values(el):
     case, k = el
     with err(r"parameter 'W' has shape \(3, 4\), expected \(4, 4\)"):
         k.loss_and_grad({**case.params, "W": np.zeros((3, 4))}, case.inputs)
-    with err(r"parameter 'b' has shape \(4, 1\), expected \(4,\).*ravel"):
+    with err(r"parameter 'b' has shape \(4, 1\), expected \(4,\) \(a bias: a 1-D array; use .ravel\(\)\)"):
         k.loss_and_grad({**case.params, "b": np.zeros((4, 1))}, case.inputs)
     bad = case.params["U"].copy()
     bad[1, 2] = np.nan
@@ -225,3 +225,38 @@ def test_square_batch_major_arrays_with_lengths_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         k.loss_and_grad(params, major, lengths, batch_first=True)
+
+
+@pytest.fixture(scope="module", params=["numba", "reference"])
+def scalar_input(request):
+    """A network with a one-dimensional input u(t) and a column readout v.T h(t)."""
+    H = 3
+    h, u, y = gc.signal("h", H), sp.Function("u"), sp.Function("y")
+    v = gc.param("v", H)
+    m = gc.Recurrence({h(t): gc.tanh(gc.param("W", H, H) * h(t - 1) + gc.param("U", H, 1) * u(t) + gc.param("b", H))},
+                      loss=gc.mse(v.T * h(t), gc.signal("y", 1)(t)))
+    rng = np.random.default_rng(5)
+    return m, gc.compile(m, backend=request.param), {"u": rng.normal(size=(6, 2)), "y": rng.normal(size=(6, 2, 1))}
+
+
+def test_a_weight_with_one_column_is_taken_as_h_or_h_by_1(scalar_input):
+    m, k, data = scalar_input
+    flat = m.init_params(seed=2)
+    assert flat["U"].shape == flat["v"].shape == flat["b"].shape == (3,)      # init_params: (H,) for every column
+    loss, grads = k.loss_and_grad(flat, data)
+    assert grads["U"].shape == grads["v"].shape == (3,) and np.abs(grads["U"]).max() > 0
+    column = {**flat, "U": flat["U"][:, None], "v": flat["v"][:, None]}
+    loss2, grads2 = k.loss_and_grad(column, data)
+    assert loss2 == loss and grads2["U"].shape == grads2["v"].shape == (3, 1) and grads2["b"].shape == (3,)
+    assert np.array_equal(grads2["U"][:, 0], grads["U"]) and np.array_equal(grads2["v"][:, 0], grads["v"])
+    out = k.forward(column, data)
+    assert np.array_equal(out["h"], k.forward(flat, data)["h"])
+
+
+def test_a_weight_of_another_shape_names_both_shapes_it_takes(scalar_input):
+    m, k, data = scalar_input
+    p = m.init_params()
+    with err(r"parameter 'U' has shape \(1, 3\), expected \(3,\) or \(3, 1\) \(a weight with one column\)"):
+        k.loss_and_grad({**p, "U": p["U"][None]}, data)
+    with err(r"parameter 'b' has shape \(3, 1\), expected \(3,\) \(a bias"):
+        k.loss_and_grad({**p, "b": p["b"][:, None]}, data)

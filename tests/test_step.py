@@ -1,8 +1,10 @@
 """Declarations: roles, sweeps, and every declaration error, named in the user's symbols."""
+import numpy as np
 import pytest
 import sympy as sp
 
 import graphcomp as gc
+from graphcomp import models
 
 t = gc.t
 s, r, x, y = (sp.Function(n) for n in "srxy")
@@ -63,6 +65,82 @@ def test_a_user_lambda_activation_and_parameters_inside_it():
     assert set(m.params) == {"W", "U", "a"}
 
 
+# ---------------------------------------------------------------- weights and biases
+
+def test_a_parameter_that_multiplies_a_signal_is_a_weight():
+    u = sp.Function("u")
+    P, Q, V = gc.param("P", H, 2), gc.param("Q", 2, H), gc.param("V", 2, H)
+    col, v, p, c, bias = (gc.param(n, H) for n in ("col", "v", "p", "c", "bias"))
+    r = gc.sigmoid(W * h(t - 1))
+    m = gc.Recurrence({h(t): gc.tanh(P * Q * h(t - 1) + col * u(t) + gc.hadamard(p, h(t - 1)) + bias)
+                             + gc.hadamard(r, U * xv(t) + c)},
+                      outputs={"o": V * h(t)}, loss=gc.mse(v.T * h(t), gc.signal("y", 1)(t)))
+    # P Q h: both factors; u(t) col: a scalar signal times a column; p ⊙ h; V h and v.T h: readouts
+    assert m.step.weights == {"P", "Q", "col", "p", "W", "U", "V", "v"}
+    assert set(m.params) - m.step.weights == {"bias", "c"}   # c is added to U x(t), then gated
+
+
+def test_init_params_by_role():
+    m = gc.Recurrence({h(t): gc.tanh(W * h(t - 1) + gc.param("u", H, 1) * x(t) + gc.param("b", H))},
+                      loss=gc.mse(gc.param("v", H).T * h(t), gc.signal("y", 1)(t)))
+    p = m.init_params(seed=4)
+    assert {n: a.shape for n, a in p.items()} == {"W": (H, H), "u": (H,), "b": (H,), "v": (H,)}
+    assert np.all(p["b"] == 0)
+    for name, fans in (("W", H + H), ("u", H + 1), ("v", H + 1)):   # Glorot-uniform over the declared shape
+        assert 0 < np.abs(p[name]).max() <= np.sqrt(6 / fans) and np.all(p[name] != 0)
+    assert all(np.array_equal(p[n], m.init_params(seed=4)[n]) for n in p)
+
+
+def test_init_params_agrees_with_the_model_library():
+    """gc.models.init's rules: orthogonal and Glorot for the weights, constants for the biases
+    (the echo-state network, left out, draws its reservoir's biases at random by design)."""
+    for m in (models.elman(1, 4, 1), models.lstm(1, 4, 1, peephole=True), models.gru(1, 4, 1),
+              models.jordan(1, 4, 1), models.leaky(1, 4, 1, alpha="learned"), models.seq2seq(3, 4, 3)):
+        random = {n for n, rule in m.rules.items() if rule in ("glorot", "orthogonal")}
+        assert random == m.step.weights, m
+        plain = gc.Recurrence.init_params(m)
+        assert {n: a.shape for n, a in plain.items()} == {n: a.shape for n, a in models.init(m).items()}
+
+
+def test_a_scalar_input_is_seen_from_the_first_step():
+    """The issue's classifier: one input, a logistic readout v.T h. With U and v zeroed as biases
+    its loss sat at exactly ln 2 with every gradient zero; as weights it trains."""
+    Hc, T, B = 8, 12, 64
+    hc, u, label = gc.signal("h", Hc), sp.Function("u"), sp.Function("label")
+    logit = gc.param("v", Hc).T * hc(t)
+    m = gc.Recurrence({hc(t): gc.tanh(gc.param("W", Hc, Hc) * hc(t - 1) + gc.param("U", Hc, 1) * u(t)
+                                      + gc.param("b", Hc))},
+                      loss=gc.elementwise(lambda q: sp.log(1 + sp.exp(q)), logit) - label(t) * logit)
+    rng = np.random.default_rng(0)
+    series = rng.normal(size=(T, B))
+    data = {"u": series, "label": (np.cumsum(series, 0) > 0).astype(float)}   # is the running sum positive?
+    kernel, params = gc.compile(m, backend="reference"), m.init_params(seed=0)
+    loss, grads = kernel.loss_and_grad(params, data)
+    assert np.abs(grads["U"]).max() > 0.1 and np.abs(grads["v"]).max() > 0.1
+    for _ in range(60):
+        loss, grads = kernel.loss_and_grad(params, data)
+        params = {n: params[n] - 0.1 / T * grads[n] for n in params}
+    assert loss / T < 0.3 < np.log(2)
+
+
+def test_one_minus_a_vector_and_an_entry_compute_what_they_say():
+    """1 - z is ones minus z, a scalar parameter plus a vector adds it to every entry, h(t)[0]
+    is the first entry: the same numbers as NumPy."""
+    z = gc.sigmoid(U * xv(t))
+    m = gc.Recurrence({h(t): gc.hadamard(1 - z, h(t - 1)) + gc.hadamard(z, gc.tanh(W * h(t - 1) + a))},
+                      loss=(h(t)[0] - y(t)) ** 2)
+    rng = np.random.default_rng(1)
+    p = {"U": rng.normal(size=(H, D)), "W": rng.normal(size=(H, H)), "a": 0.3}
+    X, Y = rng.normal(size=(4, 1, D)), rng.normal(size=(4, 1))
+    loss, _ = gc.compile(m, backend="reference").loss_and_grad(p, {"x": X, "y": Y})
+    state, want = np.zeros(H), 0.0
+    for k in range(4):
+        gate = 1 / (1 + np.exp(-p["U"] @ X[k, 0]))
+        state = (1 - gate) * state + gate * np.tanh(p["W"] @ state + p["a"])
+        want += (state[0] - Y[k, 0]) ** 2
+    assert np.isclose(loss, want)
+
+
 # ---------------------------------------------------------------- errors
 
 def test_delays_must_be_integer_constants():
@@ -119,8 +197,41 @@ def test_one_name_one_role_one_shape():
 
 
 def test_scalar_functions_of_matrices_point_to_gc():
-    with err(r"tanh is applied to the matrix expression W\*h\(t - 1\) in the update of h; use gc.tanh"):
+    with err(r"tanh\(W\*h\(t - 1\)\) in the update of h: sympy's scalar tanh is applied to the 3x1 matrix "
+             r"W\*h\(t - 1\); for the elementwise tanh write gc.tanh\(W\*h\(t - 1\)\)"):
         gc.Recurrence({h(t): sp.tanh(W * h(t - 1))})
+    with err(r"tanh\(h\(t - 1\)\), where it meets W: .* write gc.tanh\(h\(t - 1\)\)"):
+        gc.Recurrence({h(t): W * sp.tanh(h(t - 1))})          # caught at the product, before the Recurrence
+    with err(r"in the loss: sympy's scalar log is applied to the 3x1 matrix h\(t\)"):
+        gc.Recurrence({h(t): W * h(t - 1)}, loss=sp.log(h(t)))
+
+
+def test_an_undefined_function_is_not_mistaken_for_a_signal():
+    myact = sp.Function("myact")
+    with err(r"myact\(s\(t - 1\) \+ x\(t\)\) in the update of s: myact is an undefined sympy Function, applied "
+             r"to s\(t - 1\) \+ x\(t\): graphcomp cannot compute or differentiate it; give its formula in z"):
+        gc.Recurrence({s(t): myact(s(t - 1) + x(t))})
+    with err(r"myact\(U\*x\(t\) \+ W\*h\(t - 1\)\) in the update of h: myact is an undefined sympy Function"):
+        gc.Recurrence({h(t): myact(W * h(t - 1) + U * xv(t))})
+    z = sp.Symbol("z")
+    softplus = gc.Recurrence({s(t): gc.elementwise(sp.Lambda(z, sp.log(1 + sp.exp(z))), s(t - 1)) + x(t)})
+    assert softplus.params == [] and softplus.inputs == ["x"]      # what the message says to write
+
+
+def test_only_time_recurrences_for_now():
+    i, j = sp.symbols("i j", integer=True)
+    only_t = (r"graphcomp supports recurrences over the time index gc.t only for now "
+              r"\(grids over several axes and trees are planned\)")
+    with err(rf"the update key s\(i, j\): {only_t}; write updates as {{s\(t\): expression}}"):
+        gc.Recurrence({s(i, j): s(i - 1, j) + x(i, j)})
+    with err(rf"s\(t - 1, j\) in the update of s: {only_t}; a signal takes one argument, the time, like s\(t-1\)"):
+        gc.Recurrence({s(t): s(t - 1, j) + x(t)})
+    with err(rf"s\(i - 1\) in the update of s: {only_t}; signals are read at t plus an integer constant, like s\(t-1\)"):
+        gc.Recurrence({s(t): s(i - 1) + x(t)})
+    with err(rf"h\(i - 1\) in the update of h: {only_t}"):
+        gc.Recurrence({h(t): W * h(i - 1)})
+    with err(rf"s\(i\) in the updates: {only_t}"):
+        gc.Recurrence({s(i): s(i - 1) + x(i)})
 
 
 def test_time_outside_a_signal():
