@@ -347,7 +347,7 @@ class Driver:
                 self.lines.append(f"{b.name} = np.empty({shape}, dtype)")
                 continue
             view = f"work[w:w + {size}]" + ("" if b.width is None else f".reshape({shape})")
-            self.lines += [f"{b.name} = {view}", f"w += -(-({size}) // 8) * 8 + 24"] + ([f"{b.name}[:] = 0"] if b.zero else [])
+            self.lines += [f"{b.name} = {view}", f"w += -(-({size}) // 8) * 8"] + ([f"{b.name}[:] = 0"] if b.zero else [])
         self.lines.append(f"{k.name}_loops({', '.join(self.loops_args)})")
         self.lines.append(f"return {self.results()}")
         args = ["T", "B", "lengths", *(["work"] if work else []), *signals, *params, *seeds]
@@ -395,5 +395,5 @@ def work_size(kernel: Kernel) -> str:
         if b.role not in ("signal", "seed", "out"):
             rows = _rows(b.rows)
             size = rows if b.width is None else f"{rows} * {b.width}"
-            terms.append(f"-(-({size}) // 8) * 8 + 24")
+            terms.append(f"-(-({size}) // 8) * 8")
     return f"def work_size_{kernel.name}(T, B):\n    return {' + '.join(terms) or '0'}\n"
