@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 import graphcomp as gc
-from graphcomp.train import _minibatches, sequences
+from graphcomp.train.trainer import _minibatches, sequences
 from bench import interleaved_ms
 
 SIZES = {  # H, T, B, minibatches per epoch; the input and output have H/2 components

@@ -7,7 +7,7 @@ from pathlib import Path
 import sympy as sp
 
 import graphcomp as gc
-from graphcomp.latex import aligned
+from graphcomp.views.latex import aligned
 
 t = gc.t
 HERE = Path(__file__).resolve().parent

@@ -3,17 +3,17 @@
 Write the step of a recurrent system as sympy equations; graphcomp unfolds it into a DAG,
 derives the gradient by reverse mode over that graph (backpropagation through time) and
 runs it in compiled kernels."""
-from .declare import (child, concat, cross_entropy, elementwise, exp, hadamard, log, mse, ones, param,
+from .lang.declare import (child, concat, cross_entropy, elementwise, exp, hadamard, log, mse, ones, param,
                       relu, sigmoid, signal, t, tanh)
 from .errors import GraphcompError
-from .generate import generate
-from .predict import predict, simulate
+from .forecast.generate import generate
+from .forecast.predict import predict, simulate
 from .kernel import Kernel, compile, export
 from . import models
-from .recurrence import Recurrence
-from . import optim
-from . import rtrl
-from .train import History, Trainer
+from .lang.recurrence import Recurrence
+from .train import optim
+from .grad import rtrl
+from .train.trainer import History, Trainer
 
 __version__ = "0.1.0"
 

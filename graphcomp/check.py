@@ -10,7 +10,7 @@ from typing import Mapping
 import numpy as np
 
 from .errors import GraphcompError
-from .step import SignalInfo, Step
+from .lang.step import SignalInfo, Step
 
 
 @dataclass

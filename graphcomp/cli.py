@@ -8,9 +8,9 @@ from pathlib import Path
 
 import graphviz
 
-from .draw import KINDS
+from .views.draw import KINDS
 from .errors import GraphcompError
-from .recurrence import Recurrence
+from .lang.recurrence import Recurrence
 
 FORMATS = ("svg", "png", "pdf", "dot")
 EXAMPLE = "examples/system_id.py:lotka_volterra"   # a function returning a model, run from the repository

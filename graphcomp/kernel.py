@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import methods
+from .grad import methods
 from .check import Batch, batch_major, prepare, seeds as check_seeds, time_major
 from .errors import GraphcompError, NotFinite
 from .backends import NAMES, registry
-from .step import Step
+from .lang.step import Step
 
 DTYPES = ("float64", "float32")
 
@@ -128,7 +128,7 @@ class Kernel:
             if final_cotangents is not None or with_initial:
                 raise GraphcompError("method='rtrl' gives the gradient of the loss w.r.t. the parameters only; "
                                      "for final_cotangents or with_initial use 'bptt' or 'checkpoint'")
-            from .rtrl import loss_and_grad as rtrl
+            from .grad.rtrl import loss_and_grad as rtrl
             return rtrl(self, params, inputs, lengths, initial)
         batch = self.prepare(params, inputs, lengths, initial, steps, with_loss=True)
         seeds = None

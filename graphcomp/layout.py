@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .check import Batch
-from .step import Step
+from .lang.step import Step
 
 
 def user_shape(shape: tuple) -> tuple:

@@ -25,9 +25,9 @@ from typing import Callable, Sequence
 import numpy as np
 import sympy as sp
 
-from .declare import concat, cross_entropy, hadamard, mse, param, relu, sigmoid, signal, t, tanh
+from .lang.declare import concat, cross_entropy, hadamard, mse, param, relu, sigmoid, signal, t, tanh
 from .errors import GraphcompError, is_count
-from .recurrence import Recurrence
+from .lang.recurrence import Recurrence
 
 ACTIVATIONS = {"tanh": tanh, "relu": relu, "sigmoid": sigmoid}
 LOSSES = ("mse", "cross_entropy", None)

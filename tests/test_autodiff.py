@@ -6,7 +6,7 @@ import sympy as sp
 
 import graphcomp as gc
 from graphcomp import ir
-from graphcomp.autodiff import LOSS, adjoint
+from graphcomp.ir.autodiff import LOSS, adjoint
 
 from catalogue import CATALOGUE, finite_difference, linear_scalar
 

@@ -3,7 +3,7 @@ import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 import graphcomp as gc
-from graphcomp.declare import CrossEntropy, MeanSquaredError, SignalRef
+from graphcomp.lang.declare import CrossEntropy, MeanSquaredError, SignalRef
 
 t = gc.t
 

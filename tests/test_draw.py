@@ -7,7 +7,7 @@ import sympy as sp
 
 import graphcomp as gc
 from graphcomp import ir
-from graphcomp.draw import circuit_edges
+from graphcomp.views.draw import circuit_edges
 
 from catalogue import bidirectional, delays, elman, lstm
 

@@ -5,7 +5,8 @@ import pytest
 import sympy as sp
 
 import graphcomp as gc
-from graphcomp import optim, train
+from graphcomp import optim
+from graphcomp.train import trainer as trainer_module
 
 t = gc.t
 s, x, y = sp.Function("s"), sp.Function("x"), sp.Function("y")
@@ -84,7 +85,7 @@ def test_auto_compiles_the_epoch_only_for_long_fits(scalar, monkeypatch):
     trainer = gc.Trainer(kernel, optim.SGD(0.01), progress=False)
     trainer.fit(START, data, lengths=lengths, epochs=1, batch_size=4)
     assert trainer._epoch is None
-    monkeypatch.setattr(train, "COMPILED_EPOCH_UPDATES", 6)
+    monkeypatch.setattr(trainer_module, "COMPILED_EPOCH_UPDATES", 6)
     trainer.fit(START, data, lengths=lengths, epochs=1, batch_size=4)
     assert trainer._epoch is not None
 

@@ -6,7 +6,7 @@ import sympy as sp
 
 import graphcomp as gc
 from graphcomp import ir
-from graphcomp.declare import relu, sigmoid
+from graphcomp.lang.declare import relu, sigmoid
 from graphcomp.ir import X
 
 B = 3

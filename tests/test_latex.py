@@ -2,7 +2,7 @@
 import sympy as sp
 
 import graphcomp as gc
-from graphcomp.latex import latex
+from graphcomp.views.latex import latex
 
 from catalogue import bidirectional, elman, lstm, nonlinear_map
 

@@ -2,8 +2,8 @@
 import numpy as np
 
 from graphcomp import ir
-from graphcomp.autodiff import adjoint
-from graphcomp.passes import fused_step
+from graphcomp.ir.autodiff import adjoint
+from graphcomp.ir.passes import fused_step
 
 from catalogue import CATALOGUE, elman, lstm
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 def registry() -> dict:
     """Back end name -> class (the Numba one is imported only when asked for)."""
-    from ..reference import LoopBackend, UnfoldedBackend
+    from .reference import LoopBackend, UnfoldedBackend
 
     def numba(step, dtype):
         from .numba.backend import NumbaBackend

@@ -13,10 +13,10 @@ from __future__ import annotations
 import sympy as sp
 
 from .. import ir
-from ..autodiff import LOSS, adjoint, grad_var
+from ..ir.autodiff import LOSS, adjoint, grad_var
 from ..ir import X, Node
-from ..passes import fused_step
-from ..step import Step
+from ..ir.passes import fused_step
+from ..lang.step import Step
 from .nodes import Kernel, Outer, Place, Seed, Steps, Weight, check, Clear
 from .region import Builder, Region, Sink, Unsupported, kind, length, resolve, width
 

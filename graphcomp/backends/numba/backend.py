@@ -21,7 +21,7 @@ from ...layout import lengths32, step_rows, timelines
 from ...plan.kernels import Plans
 from ...plan.nodes import Kernel as Plan
 from ...plan.region import Unsupported
-from ...step import Step
+from ...lang.step import Step
 from .emit import HEAD, Driver, loops_module, work_size
 from .runtime import header, runtime_name, runtime_source
 

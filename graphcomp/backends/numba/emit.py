@@ -17,7 +17,7 @@ from __future__ import annotations
 import sympy as sp
 
 from ... import ir
-from ...functions import loop_code
+from ...ir.functions import loop_code
 from ...plan.nodes import (Clear, Components, Kernel, Let, Load, Local, Outer, Place, Product, Rows,
                            Seed, Steps, Store, Value, Weight, walk)
 

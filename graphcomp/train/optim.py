@@ -10,7 +10,7 @@ from typing import Callable, Union
 import numpy as np
 from numba import njit
 
-from .errors import GraphcompError, is_count
+from ..errors import GraphcompError, is_count
 
 Schedule = Callable[[int], float]
 Rate = Union[float, Schedule]

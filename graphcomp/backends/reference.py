@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import ir
-from .autodiff import LOSS, Adjoint, adjoint, backprop, grad_var
-from .check import Batch
-from .layout import timelines
-from .step import LOSS_NAME, Step
-from .unfold import evaluate, unfold
+from .. import ir
+from ..ir.autodiff import LOSS, Adjoint, adjoint, backprop, grad_var
+from ..check import Batch
+from ..layout import timelines
+from ..lang.step import LOSS_NAME, Step
+from ..views.unfold import evaluate, unfold
 
 
 def _per_example(value: np.ndarray, node: ir.Node, B: int) -> np.ndarray:

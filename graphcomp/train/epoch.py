@@ -9,8 +9,8 @@ import numba
 import numpy as np
 from numba import njit
 
-from .backends.numba.backend import load
-from .errors import GraphcompError
+from ..backends.numba.backend import load
+from ..errors import GraphcompError
 from .optim import Optimizer
 
 @njit(cache=True, nogil=True)
@@ -40,8 +40,8 @@ def source(kernel, optimizer: Optimizer, train: list) -> str:
         "",
         f"dtype = np.{kernel.dtype.name}",
         f"from {compiled.module} import loss_and_grad_loops",
-        f"from graphcomp.optim import {rule} as _rule",
-        "from graphcomp.epoch import _gather",
+        f"from graphcomp.train.optim import {rule} as _rule",
+        "from graphcomp.train.epoch import _gather",
         "",
         "",
         "@njit(cache=True, error_model='numpy')",

@@ -14,9 +14,9 @@ from typing import Callable
 import networkx as nx
 import numpy as np
 
-from . import ir
-from .errors import GraphcompError, is_count
-from .step import LOSS_NAME, Step
+from .. import ir
+from ..errors import GraphcompError, is_count
+from ..lang.step import LOSS_NAME, Step
 
 
 def unfold(step: Step, steps: int) -> nx.DiGraph:

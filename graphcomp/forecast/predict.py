@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .check import _fmt
-from .errors import GraphcompError, is_count
+from ..check import _fmt
+from ..errors import GraphcompError, is_count
 from .generate import check_runs_forward, feed_loops, free_run
-from .kernel import Kernel
+from ..kernel import Kernel
 
 
 def simulate(kernel: Kernel, params: dict, sequences: list, *, feed: dict | None = None,

@@ -6,7 +6,7 @@ import sympy as sp
 from sympy.core.function import AppliedUndef
 from sympy.printing.latex import LatexPrinter
 
-from .declare import SignalRef, signal_latex
+from ..lang.declare import SignalRef, signal_latex
 
 GRAD = "∇"
 

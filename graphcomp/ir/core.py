@@ -21,7 +21,7 @@ import sympy as sp
 from sympy.core.symbol import Str
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
-from .errors import GraphcompError
+from ..errors import GraphcompError
 from .functions import NUMPY_MODULES, numpy_code
 
 Shape = tuple

@@ -13,10 +13,10 @@ from sympy.core.function import AppliedUndef
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.matexpr import MatrixElement
 
-from . import ir
+from .. import ir
 from .declare import TIME_ONLY, CrossEntropy, MeanSquaredError, SignalRef, misapplied, t, undefined
-from .errors import GraphcompError
-from .ir import X, Node
+from ..errors import GraphcompError
+from ..ir import X, Node
 
 
 LOSS_NAME = "L"   # the per-step loss L(t), in equations and in the unfolded graph

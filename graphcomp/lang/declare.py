@@ -12,7 +12,7 @@ from sympy.core.symbol import Str
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction as _SympyElementwise
 from sympy.matrices.expressions.matexpr import MatrixElement
 
-from .errors import GraphcompError
+from ..errors import GraphcompError
 
 t = sp.Symbol("t", integer=True)
 """The time index. Signals are read at ``t`` plus an integer constant."""

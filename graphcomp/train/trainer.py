@@ -13,10 +13,10 @@ from typing import Callable
 import numpy as np
 
 from .epoch import Epoch
-from .errors import GraphcompError, NotFinite, is_count
-from .kernel import Kernel, compile
-from .methods import check_cuttable
-from .check import warn_if_batch_major
+from ..errors import GraphcompError, NotFinite, is_count
+from ..kernel import Kernel, compile
+from ..grad.methods import check_cuttable
+from ..check import warn_if_batch_major
 from .optim import Adam, Optimizer, clip
 
 COMPILED_EPOCH_UPDATES = 5000   # compiled="auto": from this many updates in one fit, compile the epoch

@@ -120,13 +120,13 @@ class NumPyPrinter(_SympyNumPy):
 
 def loop_code(expr: sp.Expr, args: list, dtype: str, vector: bool = False) -> str:
     """``expr`` in ``X(0), X(1), ...`` with ``args[k]`` (source text) for X(k), for the loops."""
-    from .ir import X
+    from .core import X
     named = expr.xreplace({X(k): sp.Symbol(a) for k, a in enumerate(args)})
     return LoopPrinter(dtype, vector).doprint(named)
 
 
 def numpy_code(expr: sp.Expr, args: list) -> str:
     """``expr`` in ``X(0), X(1), ...`` over NumPy arrays named ``args``."""
-    from .ir import X
+    from .core import X
     named = expr.xreplace({X(k): sp.Symbol(a) for k, a in enumerate(args)})
     return NumPyPrinter({"standard": "python3"}).doprint(named).replace("numpy.", "np.")

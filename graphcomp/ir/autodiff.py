@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
-from . import ir
-from .ir import Node
-from .step import Step
+from . import core as ir
+from .core import Node
+from ..lang.step import Step
 
 LOSS = ("loss",)   # the loss's key among an Adjoint's consumers (no state name can equal it)
 

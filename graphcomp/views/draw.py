@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import graphviz
 import sympy as sp
 
-from . import ir
-from .errors import GraphcompError, is_count
-from .step import LOSS_NAME, Step
+from .. import ir
+from ..errors import GraphcompError, is_count
+from ..lang.step import LOSS_NAME, Step
 
 FONT = "Helvetica"
 MATH = "Times-Italic"

@@ -22,11 +22,11 @@ import math
 import numpy as np
 import sympy as sp
 
-from . import ir
-from .check import prepare
-from .errors import GraphcompError, NotFinite, is_count
-from .ir import X, Node
-from .step import SignalInfo, Step, Sweep
+from .. import ir
+from ..check import prepare
+from ..errors import GraphcompError, NotFinite, is_count
+from ..ir import X, Node
+from ..lang.step import SignalInfo, Step, Sweep
 
 __all__ = ["tangent_step", "loss_and_grad", "Online"]
 

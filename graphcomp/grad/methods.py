@@ -11,10 +11,10 @@ import math
 
 import numpy as np
 
-from . import ir
-from .autodiff import adjoint
-from .check import Batch
-from .errors import GraphcompError, is_count
+from .. import ir
+from ..ir.autodiff import adjoint
+from ..check import Batch
+from ..errors import GraphcompError, is_count
 
 METHODS = ("bptt", "checkpoint", "tbptt", "rtrl", "auto")
 OPTIONS = {"bptt": (), "checkpoint": ("every", "memory"), "tbptt": ("k1", "k2"), "rtrl": (), "auto": ("memory",)}
@@ -328,7 +328,7 @@ def run(kernel, batch: Batch, method: str, seeds: dict | None, options: dict) ->
     if seeds is not None and delayed and "delayed_input_cotangents" not in impl.capabilities:
         # the compiled kernels treat inputs as data: the first steps, which read the delayed
         # inputs' initial values, run on the reference backend to give their cotangents
-        from .reference import LoopBackend
+        from ..backends.reference import LoopBackend
         head = LoopBackend(step)
         starts = [0, *(t for t in {*starts, delayed} if delayed <= t < batch.T)]
     if len(starts) == 1 and head is None:

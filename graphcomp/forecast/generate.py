@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
-from . import ir
-from .errors import GraphcompError, is_count
-from .kernel import Kernel
+from .. import ir
+from ..errors import GraphcompError, is_count
+from ..kernel import Kernel
 
 SAMPLERS = (None, "greedy", "sample")
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from . import ir
-from .ir import Node
-from .step import Step
+from . import core as ir
+from .core import Node
+from ..lang.step import Step
 
 
 def _weight_product(node: Node) -> bool:

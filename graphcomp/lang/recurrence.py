@@ -8,11 +8,11 @@ import networkx as nx
 import numpy as np
 import sympy as sp
 
-from . import ir
-from .autodiff import LOSS, adjoint
+from .. import ir
+from ..ir.autodiff import LOSS, adjoint
 from .declare import SignalRef, t
 from .step import LOSS_NAME, build
-from .unfold import unfold
+from ..views.unfold import unfold
 
 
 def _signal_at(name: str, shape: tuple, time):
@@ -70,7 +70,7 @@ class Recurrence:
     def latex(self, gradient: bool = True) -> str:
         """The equations (and, unless ``gradient=False``, the derived BPTT equations) in
         textbook notation, as a LaTeX ``aligned`` block."""
-        from .latex import aligned
+        from ..views.latex import aligned
         eqs = self.equations() + (self.gradient_equations() if gradient else [])
         return aligned(eqs)
 
@@ -132,7 +132,7 @@ class Recurrence:
         ``steps`` of them, default 3; the middle ones elided past ``max_columns``), ``"step"``
         (the ops of one step) or ``"gradient"`` (unfolded, with the backward flow in red).
         Jupyter shows it inline; ``.render(path, format="svg")`` writes a file."""
-        from .draw import draw
+        from ..views.draw import draw
         return draw(self.step, kind, steps, max_columns)
 
     def init_params(self, seed: int = 0) -> dict:
