@@ -32,6 +32,17 @@ class Kernel:
             raise GraphcompError(f"the {self.backend!r} backend generates no source; use gc.compile(model, backend='numba')")
         return self.impl.source
 
+    @property
+    def ready(self) -> bool:
+        """Are the compiled kernels ready? (Only ``gc.compile(..., wait=False)`` can say no.)"""
+        ready = getattr(self.impl, "ready", None)
+        return ready is None or ready.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the compiled kernels are ready (``gc.compile(..., wait=False)``), or
+        ``timeout`` seconds pass; returns whether they are."""
+        return self.impl.wait(timeout) if hasattr(self.impl, "ready") else True
+
     def derived(self, step: Step) -> "Kernel":
         """A kernel of another step (say, a tangent step) on this kernel's back end and dtype."""
         return compile(step, backend=None if self.backend == "numba" else self.backend, dtype=self.dtype.name)
@@ -216,13 +227,16 @@ def _check_finite(step: Step, batch: Batch, states: dict) -> None:
                                  "and inputs (try smaller weights or shorter sequences)")
 
 
-def compile(model, backend: str | None = None, dtype: str = "float64") -> Kernel:
+def compile(model, backend: str | None = None, dtype: str = "float64", wait: bool = True) -> Kernel:
     """Compile a ``Recurrence`` into a kernel set with ``forward`` and ``loss_and_grad``.
 
     ``backend``: ``"numba"`` (generated loops compiled with Numba), ``"reference"`` (NumPy
     time loops running the derived adjoint step) or ``"unfolded"`` (reverse mode over the
     unfolded DAG: slow, the oracle); ``None`` picks Numba, or the reference backend for a
-    model the code generator does not handle. ``dtype``: ``"float64"`` or ``"float32"``."""
+    model the code generator does not handle. ``dtype``: ``"float64"`` or ``"float32"``.
+    ``wait=False`` returns at once: Numba compiles in the background while calls that are
+    quick on the NumPy reference backend run there (equal to rounding, not to the last bit);
+    ``kernel.wait()`` blocks until the compiled kernels are ready."""
     step = getattr(model, "step", model)
     if not isinstance(step, Step):
         raise GraphcompError(f"gc.compile needs a gc.Recurrence, got {type(model).__name__}")
@@ -238,6 +252,10 @@ def compile(model, backend: str | None = None, dtype: str = "float64") -> Kernel
     if backend in (None, "numba"):
         from .plan.region import Unsupported
         try:
+            if not wait:
+                from .backends.tiered import Tiered
+                return Kernel(step, "numba", name, Tiered(backends["numba"](step, name, warm=False),
+                                                          backends["reference"](step, name)))
             return Kernel(step, "numba", name, backends["numba"](step, name))
         except Unsupported as e:
             if backend == "numba":

@@ -377,6 +377,23 @@ def test_fast_functions_are_within_a_few_ulp(dtype):
     assert rt._tanh(np.dtype(dtype).type(50)) == 1 and rt._sigmoid(np.dtype(dtype).type(-2 * lim)) == 0
 
 
+
+
+
+def test_wait_false_answers_on_the_reference_backend_until_the_kernels_are_compiled():
+    case = delays()
+    k = gc.compile(case.model, wait=False)
+    ref = gc.compile(case.model, backend="reference")
+    early = k.loss_and_grad(*args_of(case))           # the reference backend or, if ready, compiled
+    assert k.wait(timeout=120) and k.ready and k.impl.compiled.warmed
+    late = k.loss_and_grad(*args_of(case))
+    expected = ref.loss_and_grad(*args_of(case))
+    for got in (early, late):
+        assert rel(got[0], expected[0]) < 1e-12 and all(rel(got[1][p], expected[1][p]) < 1e-12 for p in case.params)
+    assert k.source == gc.compile(case.model).source
+    assert gc.compile(case.model).ready and gc.compile(case.model).wait()
+
+
 if __name__ == "__main__":   # regenerate the golden file
     GOLDEN.parent.mkdir(exist_ok=True)
     GOLDEN.write_text(golden_source())

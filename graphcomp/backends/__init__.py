@@ -12,9 +12,9 @@ def registry() -> dict:
     """Back end name -> class (the Numba one is imported only when asked for)."""
     from .reference import LoopBackend, UnfoldedBackend
 
-    def numba(step, dtype):
+    def numba(step, dtype, warm=True):
         from .numba.backend import NumbaBackend
-        return NumbaBackend(step, dtype)
+        return NumbaBackend(step, dtype, warm)
     return {"numba": numba, "reference": LoopBackend, "unfolded": UnfoldedBackend}
 
 

@@ -87,8 +87,9 @@ class NumbaBackend:
     capabilities = frozenset({"seeds", "source", "epoch", "stream"})
     poison = False   # tests: fill new workspaces with NaN, so that a read before a write shows
 
-    def __init__(self, step: Step, dtype: str = "float64"):
+    def __init__(self, step: Step, dtype: str = "float64", warm: bool = True):
         self.step, self.dtype = step, np.dtype(dtype)
+        self.warmed = False
         self.plans = Plans(step)
         self._plans = {"forward": self.plans.forward()}
         if step.loss is not None:
@@ -96,8 +97,8 @@ class NumbaBackend:
         self._compiled: dict = {}
         self._lock = threading.Lock()
         self._mine = _PerThread()
-        load(runtime_source(self.dtype.name), runtime_name(self.dtype.name))
-        self._compile()
+        if warm:
+            self.warm()
 
     # -------------------------------------------------------- building
     def kernel(self, name: str) -> Compiled:
@@ -146,10 +147,11 @@ class NumbaBackend:
             parts.append(work_size(plan))
         return "\n\n".join(parts)
 
-    def _compile(self) -> None:
+    def warm(self) -> None:
         """Compile (or load from the disk cache) the kernel a user needs first, on a one-step
         batch: ``loss_and_grad``, or ``forward`` for a model without a loss. The other one
         compiles at its first call. A problem shows here, never as a Numba error later."""
+        load(runtime_source(self.dtype.name), runtime_name(self.dtype.name))
         B = 1
         params = {p: np.zeros(shape, self.dtype) for p, shape in self.step.params.items()}
         inputs = {n: np.zeros((1, B) + i.shape, self.dtype) for n, i in self.step.signals.items() if i.role == "input"}
@@ -159,6 +161,7 @@ class NumbaBackend:
             self.loss_and_grad(batch)
         else:
             self.forward(batch)
+        self.warmed = True
 
     # -------------------------------------------------------- calling
     def release(self) -> None:
