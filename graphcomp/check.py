@@ -18,17 +18,24 @@ class Batch:
     """Validated arrays in IR layout: parameters ``(m, n)``, ``(n, 1)`` or ``()``; inputs
     ``(T, B, *shape)``, zero past each sequence's length; ``initial`` rows ordered by time."""
 
-    T: int
+    T: int | tuple      # steps, or over a grid the extent of each axis
     B: int
     params: dict
     inputs: dict
-    lengths: np.ndarray
+    lengths: np.ndarray  # (B,), or over a grid (B, axes): each example's extent
     initial: dict       # name -> (k, B, *shape) for every signal read beyond its boundary
     dtype: np.dtype
 
     @property
     def valid(self) -> np.ndarray:
-        """(T, B) booleans: step t of sequence b exists."""
+        """(T, B) booleans: step t of sequence b exists; over a grid (I, J, ..., B)."""
+        if isinstance(self.T, tuple):
+            ok = np.ones(self.T + (self.B,), bool)
+            for k, n in enumerate(self.T):
+                shape = [1] * len(self.T) + [self.B]
+                shape[k] = n
+                ok &= (np.arange(1, n + 1)[:, None] <= self.lengths[None, :, k]).reshape(shape)
+            return ok
         return np.arange(1, self.T + 1)[:, None] <= self.lengths[None, :]
 
 
@@ -93,16 +100,9 @@ def prepare(step: Step, params, inputs, lengths=None, initial=None, *, with_loss
             dtype=np.float64, steps: int | None = None, needed: list | None = None) -> Batch:
     """Validate and convert one call's arrays (see the module docstring)."""
     dtype = np.dtype(dtype)
-    _names(params, "parameter", list(step.params), list(step.params), step)
-    out_params = {}
-    for name, shape in step.params.items():
-        want = shape[:1] if shape[1:] == (1,) else shape
-        a = _array(params[name], f"parameter {name!r}", dtype)
-        if a.shape != want and not (a.shape == shape and name in step.weights):
-            raise GraphcompError(f"parameter {name!r} has shape {_fmt(a.shape)}, expected {_expected(step, name, a)}")
-        _finite(a, f"parameter {name!r}")
-        out_params[name] = a.reshape(shape)
-
+    out_params = _params(step, params, dtype)
+    if step.grid:
+        return _prepare_grid(step, out_params, inputs, lengths, initial, with_loss, dtype, needed)
     inputs = {} if inputs is None else inputs
     needed = step.inputs_needed(with_loss) if needed is None else needed
     _names(inputs, "input", needed, step.inputs, step)
@@ -195,6 +195,96 @@ def prepare(step: Step, params, inputs, lengths=None, initial=None, *, with_loss
         _finite(a, f"initial value of {name!r}")
         out_init[name] = a.reshape((k, B) + info.shape)
     return Batch(T, B, out_params, out_inputs, lens, out_init, dtype)
+
+
+def _params(step: Step, params, dtype) -> dict:
+    """The parameters, checked, in their IR shapes."""
+    _names(params, "parameter", list(step.params), list(step.params), step)
+    out = {}
+    for name, shape in step.params.items():
+        want = shape[:1] if shape[1:] == (1,) else shape
+        a = _array(params[name], f"parameter {name!r}", dtype)
+        if a.shape != want and not (a.shape == shape and name in step.weights):
+            raise GraphcompError(f"parameter {name!r} has shape {_fmt(a.shape)}, expected {_expected(step, name, a)}")
+        _finite(a, f"parameter {name!r}")
+        out[name] = a.reshape(shape)
+    return out
+
+
+def _prepare_grid(step: Step, params: dict, inputs, lengths, initial, with_loss: bool, dtype,
+                  needed: list | None) -> Batch:
+    """A grid's arrays: inputs index-major ``(I, J, ..., B, ...)``, ``lengths`` one ``(B,)``
+    array of extents per axis, ``initial`` one value per example ``(B, ...)`` for each state
+    read outside the grid."""
+    axes = ", ".join(map(str, step.axes))
+    n = len(step.axes)
+    inputs = {} if inputs is None else inputs
+    needed = step.inputs_needed(with_loss) if needed is None else needed
+    _names(inputs, "input", needed, step.inputs, step)
+    extents = B = None
+    for name in inputs:
+        a = np.asarray(inputs[name])
+        info = step.signals[name]
+        if a.ndim != n + 1 + len(info.array_shape):
+            raise GraphcompError(f"input {name!r} has shape {_fmt(a.shape)}; the model is a grid over ({axes}): "
+                                 f"expected index-major ({', '.join(str(x).upper() for x in step.axes)}, B"
+                                 + "".join(f", {k}" for k in info.array_shape) + ")")
+        if extents is None:
+            extents, B, first = tuple(a.shape[:n]), a.shape[n], name
+        elif tuple(a.shape[:n + 1]) != extents + (B,):
+            raise GraphcompError(f"input {name!r} has extents {a.shape[:n]} and batch {a.shape[n]} but {first!r} "
+                                 f"has {extents} and {B}; all inputs of a grid share (extents..., B)")
+    if extents is None:
+        raise GraphcompError(f"the grid model reads no input, so its extents over ({axes}) are unknown")
+    if min(extents) < 1 or B < 1:
+        raise GraphcompError(f"the inputs have extents {extents} and batch {B}; give at least one point and example")
+    if lengths is None:
+        lens = np.tile(np.array(extents, np.int64), (B, 1))
+    else:
+        if not isinstance(lengths, (tuple, list)) or len(lengths) != n:
+            raise GraphcompError(f"lengths over a grid is a tuple of {n} arrays (B,), each example's extent "
+                                 f"along ({axes}); got {type(lengths).__name__}")
+        cols = []
+        for k, (axis, raw) in enumerate(zip(step.axes, lengths)):
+            raw = np.asarray(raw)
+            if raw.shape != (B,) or not (np.issubdtype(raw.dtype, np.integer) or
+                                         (np.issubdtype(raw.dtype, np.floating) and np.all(raw == np.round(raw)))):
+                raise GraphcompError(f"lengths[{k}] (the extents along {axis}) must be {B} integers, one per "
+                                     f"example, got shape {_fmt(raw.shape)} of {raw.dtype}")
+            raw = raw.astype(np.int64)
+            if raw.min() < 1 or raw.max() > extents[k]:
+                b = int(np.argmax((raw < 1) | (raw > extents[k])))
+                raise GraphcompError(f"lengths[{k}][{b}] = {raw[b]}: example {b}'s extent along {axis} is outside "
+                                     f"1..{extents[k]} (the inputs' extent along {axis})")
+            cols.append(raw)
+        lens = np.stack(cols, axis=1)
+    batch = Batch(extents, B, params, {}, lens, {}, dtype)
+    valid = batch.valid
+    for name in inputs:
+        info = step.signals[name]
+        a = _array(inputs[name], f"input {name!r}", dtype)
+        if a.shape[n + 1:] != info.array_shape:
+            raise GraphcompError(f"input {name!r} has per-point shape {_fmt(a.shape[n + 1:])}, expected "
+                                 f"{_fmt(info.array_shape)} (the model declares {name} as {_what(info)})")
+        a = np.where(valid.reshape(valid.shape + (1,) * len(info.array_shape)), a, 0).astype(dtype, copy=False)
+        _finite(a, f"input {name!r}")
+        batch.inputs[name] = a.reshape(extents + (B,) + info.shape)
+    initial = {} if initial is None else initial
+    if not isinstance(initial, Mapping):
+        raise GraphcompError(f"initial must be a dict name -> array, got {type(initial).__name__}")
+    readable = [s for s, i in step.signals.items() if i.role == "state" and i.history]
+    for name, value in initial.items():
+        if name not in readable:
+            raise _unknown("state read outside the grid", name, readable or step.states)
+        info = step.signals[name]
+        a = _array(value, f"initial value of {name!r}", dtype)
+        if a.shape != (B,) + info.array_shape:
+            raise GraphcompError(f"initial value of {name!r} has shape {_fmt(a.shape)}; over a grid it is the value "
+                                 f"every read outside an example's extent sees: ({B}"
+                                 + "".join(f", {k}" for k in info.array_shape) + ")")
+        _finite(a, f"initial value of {name!r}")
+        batch.initial[name] = a.reshape((1, B) + info.shape)
+    return batch
 
 
 BATCH_FIRST = "; for batch-major arrays (B, T, ...) pass batch_first=True"

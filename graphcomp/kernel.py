@@ -69,16 +69,18 @@ class Kernel:
         with np.errstate(all="ignore"), _compile_errors():   # overflow is reported below, in the user's names
             states, outputs = self.impl.forward(batch)
         _check_finite(self.program, batch, states)
-        result = {}
+        result, lead = {}, (batch.T if self.program.grid else (batch.T,)) + (batch.B,)
         for s, a in states.items():
             info = self.program.signals[s]
-            if info.direction > 0:   # a forward state stops changing past its sequence's end
+            if self.program.grid:   # outside an example's extent: zero
+                a = np.where(_expand(batch.valid, a), a, 0)
+            elif info.direction > 0:   # a forward state stops changing past its sequence's end
                 last = a[batch.lengths - 1, np.arange(batch.B)]
                 a = np.where(_expand(batch.valid, a), a, last[None])
-            result[s] = self._out(a, (batch.T, batch.B) + info.array_shape)
+            result[s] = self._out(a, lead + info.array_shape)
         for o, a in outputs.items():
             shape = self.program.outputs[o].shape
-            result[o] = self._out(a, (batch.T, batch.B) + (shape[:1] if shape[1:] == (1,) else shape))
+            result[o] = self._out(a, lead + (shape[:1] if shape[1:] == (1,) else shape))
         return batch_major(result) if batch_first else result
 
     def step(self, params: dict, state: dict | None = None, inputs: dict | None = None) -> tuple[dict, dict]:
@@ -213,7 +215,7 @@ def _compile_errors():
 
 
 def _expand(valid: np.ndarray, like: np.ndarray) -> np.ndarray:
-    return valid.reshape(valid.shape + (1,) * (like.ndim - 2))
+    return valid.reshape(valid.shape + (1,) * (like.ndim - valid.ndim))
 
 
 def _check_finite(step: Step, batch: Batch, states: dict) -> None:
@@ -221,10 +223,11 @@ def _check_finite(step: Step, batch: Batch, states: dict) -> None:
     for s, a in states.items():
         bad = ~np.isfinite(a) & _expand(batch.valid, a)
         if bad.any():
-            t, b = (int(i) for i in np.argwhere(bad)[0][:2])
-            raise NotFinite(f"state {s!r} became {a[t, b].flat[0] if a[t, b].size else a[t, b]} at "
-                                 f"t={t + 1} in sequence {b}: the recurrence diverges for these parameters "
-                                 "and inputs (try smaller weights or shorter sequences)")
+            where = tuple(int(i) for i in np.argwhere(bad)[0][:batch.valid.ndim])
+            value = a[where].flat[0] if a[where].size else a[where]
+            at = ", ".join(f"{x}={k + 1}" for x, k in zip(step.axes, where[:-1]))
+            raise NotFinite(f"state {s!r} became {value} at {at} in sequence {where[-1]}: the recurrence "
+                            "diverges for these parameters and inputs (try smaller weights or shorter sequences)")
 
 
 def compile(model, backend: str | None = None, dtype: str = "float64", wait: bool = True) -> Kernel:

@@ -3,6 +3,8 @@ how a ring keeps a few steps' rows, and the user's shapes against the IR's. Ever
 the call-time checks go through here."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from .check import Batch
@@ -26,6 +28,55 @@ def step_rows(tau: int, before: int, ring: int | None, B: int) -> int:
     return ((tau - 1) % ring if ring else tau - 1 + before) * B
 
 
+def cells(extents: tuple, direction: tuple):
+    """The points of a grid (1-based, one index per axis) in the order of a sweep: the axes
+    nest in order, each run in its direction."""
+    ranges = [range(1, n + 1) if d > 0 else range(n, 0, -1) for n, d in zip(extents, direction)]
+    return itertools.product(*ranges)
+
+
+def at(point, offset, pre):
+    """The index, in a timeline with ``pre`` steps of margin, of ``point + offset``: a row for
+    a time, a tuple of indices over a grid."""
+    if isinstance(point, tuple):
+        return tuple(p + o - 1 + b for p, o, b in zip(point, offset, pre))
+    return point + offset - 1 + pre
+
+
+def interior(a: np.ndarray, pre, extents) -> np.ndarray:
+    """A timeline without its margins: (T, B, ...), or over a grid (I, J, ..., B, ...)."""
+    if isinstance(extents, tuple):
+        return a[tuple(slice(b, b + n) for b, n in zip(pre, extents))]
+    return a[pre:pre + extents]
+
+
+def grid_timelines(step: Step, batch: Batch, flat: bool = False, dtype=np.float64) -> tuple[dict, dict]:
+    """Over a grid: each signal with its margins per axis, (I + margins, J + margins, ..., B, ...),
+    every point outside an example's extent holding its ``initial`` value (zeros by default),
+    which is what a read outside the image sees; and each signal's margins before (a tuple)."""
+    ext, pre = {}, {}
+    extents, B = batch.T, batch.B
+    for name, info in step.signals.items():
+        if info.role == "input" and name not in batch.inputs:
+            continue
+        shape = info.array_shape if flat else info.shape
+        margins = info.margins
+        before = tuple(b for b, _ in margins)
+        if info.role == "input" and not any(a or b for a, b in margins):
+            ext[name], pre[name] = batch.inputs[name].reshape(extents + (B,) + shape), before
+            continue
+        full = tuple(b + n + a for (b, a), n in zip(margins, extents)) + (B,) + shape
+        buf = np.zeros(full, dtype)
+        init = batch.initial.get(name)
+        if init is not None:
+            buf[...] = init.reshape((B,) + shape)
+        inside = tuple(slice(b, b + n) for b, n in zip(before, extents))
+        if info.role == "input":
+            buf[inside] = batch.inputs[name].reshape(extents + (B,) + shape)
+        ext[name], pre[name] = buf, before
+    return ext, pre
+
+
 def timelines(step: Step, batch: Batch, flat: bool = False, dtype=np.float64,
               reuse: dict | None = None) -> tuple[dict, dict]:
     """Every signal over its whole time range plus margins, as the step reads it: rows before
@@ -34,6 +85,8 @@ def timelines(step: Step, batch: Batch, flat: bool = False, dtype=np.float64,
     ``flat`` drops the trailing 1 of column vectors: (rows, B, n) instead of (rows, B, n, 1).
     An input read only at t is the input array itself. ``reuse``: buffers kept from an earlier
     call, for a caller that overwrites every step of a forward state (only margins are reset)."""
+    if step.grid:
+        return grid_timelines(step, batch, flat, dtype)
     ext, pre = {}, {}
     T, B = batch.T, batch.B
     for name, info in step.signals.items():

@@ -158,10 +158,11 @@ def test_matrix_operators_that_mean_an_elementwise_one():
         h(t) + "a"
 
 
-def test_other_axes_than_time_are_not_supported_yet():
+def test_a_signal_at_a_grid_point_and_trees_not_yet():
     i, j = sp.symbols("i j", integer=True)
-    with err(r"h\(i, j\): graphcomp supports recurrences over the time index gc.t only for now "
-             r"\(grids over several axes and trees are planned\); a signal takes one argument, the time"):
-        h(i, j)
-    with err(r"gc.child\(0\): graphcomp supports recurrences over the time index gc.t only for now"):
+    assert h(i - 1, j).point == (i - 1, j) and str(h(i - 1, j)) == "h(i - 1, j)"
+    with err(r"signal 'h' needs its time, like h\(t-1\), or a point of a grid, like h\(i-1, j\)"):
+        h()
+    with err(r"gc.child\(0\): graphcomp supports recurrences over the time index gc.t and over grids of two "
+             r"or more axes for now \(trees are planned\)"):
         gc.child(0)

@@ -218,20 +218,34 @@ def test_an_undefined_function_is_not_mistaken_for_a_signal():
     assert softplus.params == [] and softplus.inputs == ["x"]      # what the message says to write
 
 
-def test_only_time_recurrences_for_now():
+def test_time_and_grid_axes():
     i, j = sp.symbols("i j", integer=True)
-    only_t = (r"graphcomp supports recurrences over the time index gc.t only for now "
-              r"\(grids over several axes and trees are planned\)")
-    with err(rf"the update key s\(i, j\): {only_t}; write updates as {{s\(t\): expression}}"):
-        gc.Recurrence({s(i, j): s(i - 1, j) + x(i, j)})
-    with err(rf"s\(t - 1, j\) in the update of s: {only_t}; a signal takes one argument, the time, like s\(t-1\)"):
+    axes = (r"graphcomp supports recurrences over the time index gc.t and over grids of two or more "
+            r"axes for now \(trees are planned\)")
+    grid = gc.Recurrence({s(i, j): s(i - 1, j) + s(i, j - 1) + x(i, j)})
+    assert grid.step.axes == (i, j) and grid.step.signals["s"].offsets == ((-1, 0), (0, -1))
+    with err(r"s\(t - 1, j\) in the update of s: the model's updates are over time t alone, so a signal "
+             r"takes one argument, like s\(t-1\)"):
         gc.Recurrence({s(t): s(t - 1, j) + x(t)})
-    with err(rf"s\(i - 1\) in the update of s: {only_t}; signals are read at t plus an integer constant, like s\(t-1\)"):
+    with err(rf"s\(i - 1\) in the update of s: {axes}; signals are read at t plus an integer constant, like s\(t-1\)"):
         gc.Recurrence({s(t): s(i - 1) + x(t)})
-    with err(rf"h\(i - 1\) in the update of h: {only_t}"):
+    with err(rf"h\(i - 1\) in the update of h: {axes}"):
         gc.Recurrence({h(t): W * h(i - 1)})
-    with err(rf"s\(i\) in the updates: {only_t}"):
+    with err(rf"s\(i\) in the updates: {axes}"):
         gc.Recurrence({s(i): s(i - 1) + x(i)})
+    with err(r"s\(i - 1\) in the update of s: the model's updates are over the axes \(i, j\), so a signal takes "
+             r"2 arguments, one per axis, like s\(i, j\)"):
+        gc.Recurrence({s(i, j): s(i - 1) + x(i, j)})
+    with err(r"s\(i - 1, i \+ j - 1\) in the update of s: on axis j the offset i - 1 is not an integer constant"):
+        gc.Recurrence({s(i, j): s(i - 1, j - 1 + i)})
+    with err(r"the update key u\(j, i\): every state of a grid is updated at the same point with the axes in "
+             r"one order, like u\(i, j\)"):
+        gc.Recurrence({s(i, j): s(i - 1, j), sp.Function("u")(j, i): s(i, j)})
+    with err(r"states \['s'\] are read both ways along axis j \(s\(i, j\) reads s\(i, j - 1\); s\(i, j\) reads "
+             r"s\(i - 1, j \+ 1\)\); a state sweeps one way per axis"):
+        gc.Recurrence({s(i, j): s(i, j - 1) + s(i - 1, j + 1)})
+    with err(r"the grid index i appears outside a signal's argument in the update of s"):
+        gc.Recurrence({s(i, j): s(i - 1, j) + i})
 
 
 def test_time_outside_a_signal():

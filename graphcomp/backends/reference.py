@@ -11,7 +11,7 @@ import numpy as np
 from .. import ir
 from ..ir.autodiff import LOSS, Adjoint, adjoint, backprop, grad_var
 from ..check import Batch
-from ..layout import timelines
+from ..layout import at, cells, interior, timelines
 from ..lang.step import LOSS_NAME, Step
 from ..views.unfold import evaluate, unfold
 
@@ -46,7 +46,7 @@ class LoopBackend:
         def leaf(node):
             if node.op == "read":
                 name, off = node.attr
-                return ext[name][t + off - 1 + pre[name]]
+                return ext[name][at(t, off, pre[name])]
             if node.op == "param":
                 return batch.params[node.attr]
             return seeds[node]
@@ -56,32 +56,40 @@ class LoopBackend:
         roots = tuple(roots)
         return ir.evaluate(roots, leaf, self._order(roots))
 
+    def _steps(self, batch: Batch, direction=1):
+        """The steps (or the points of a grid) in the order of a sweep in ``direction``, each
+        with its index into arrays without margins."""
+        if self.step.grid:
+            direction = (direction,) * len(batch.T) if isinstance(direction, int) else direction
+            return ((p, tuple(k - 1 for k in p)) for p in cells(batch.T, direction))
+        return ((t, t - 1) for t in (range(1, batch.T + 1) if direction > 0 else range(batch.T, 0, -1)))
+
     def _run(self, batch: Batch):
         step, valid = self.step, batch.valid
         ext, pre = timelines(self.step, batch)
         for sweep in step.sweeps:
-            times = range(1, batch.T + 1) if sweep.direction > 0 else range(batch.T, 0, -1)
-            for t in times:
-                v = valid[t - 1]
+            for t, k in self._steps(batch, sweep.direction):
+                v = valid[k]
                 leaf = self._leaf(batch, ext, pre, t)
                 for s in sweep.states:
                     root = step.updates[s]
                     val = _per_example(self._eval([root], leaf)[root], root, batch.B)
-                    ext[s][t - 1 + pre[s]][v] = val[v]
+                    ext[s][at(t, _here(t), pre[s])][v] = val[v]
         return ext, pre
 
     def forward(self, batch: Batch) -> tuple[dict, dict]:
         step = self.step
         ext, pre = self._run(batch)
-        states = {s: ext[s][pre[s]:pre[s] + batch.T].copy() for s in step.states}
-        outputs = {o: np.zeros((batch.T, batch.B) + n.shape) for o, n in step.outputs.items()}
+        states = {s: interior(ext[s], pre[s], batch.T).copy() for s in step.states}
+        lead = batch.T if step.grid else (batch.T,)
+        outputs = {o: np.zeros(lead + (batch.B,) + n.shape) for o, n in step.outputs.items()}
         if outputs:
             roots = tuple(step.outputs.values())
-            for t in range(1, batch.T + 1):
+            for t, k in self._steps(batch):
                 vals = self._eval(roots, self._leaf(batch, ext, pre, t))
-                v = batch.valid[t - 1]
+                v = batch.valid[k]
                 for o, n in step.outputs.items():
-                    outputs[o][t - 1][v] = _per_example(vals[n], n, batch.B)[v]
+                    outputs[o][k][v] = _per_example(vals[n], n, batch.B)[v]
         return states, outputs
 
     def loss_and_grad(self, batch: Batch, seeds: dict | None = None) -> tuple:
@@ -106,23 +114,23 @@ class LoopBackend:
                 reads = {**reads, **{(n, off): g for (n, off), g in delayed[who].items() if t + off <= 0}}
             vals = self._eval([*reads.values(), *params.values()], leaf)
             for (name, off), node in reads.items():
-                cot[name][t + off - 1 + pre[name]] += _weighted(_per_example(vals[node], node, B), w)
+                cot[name][at(t, off, pre[name])] += _weighted(_per_example(vals[node], node, B), w)
             for p, node in params.items():
                 grads[p] += (_weighted(vals[node], w).sum(0) if node.batched else vals[node] * w.sum())
 
         if step.loss is not None:
-            for t in range(1, batch.T + 1):
-                w = batch.valid[t - 1] / B
+            for t, k in self._steps(batch):
+                w = batch.valid[k] / B
                 leaf = self._leaf(batch, ext, pre, t)
                 value = self._eval([step.loss], leaf)[step.loss]
                 loss += float((_per_example(value, step.loss, B) * w).sum())
                 send(LOSS, t, leaf, w)
         for sweep in reversed(step.sweeps):
-            times = range(batch.T, 0, -1) if sweep.direction > 0 else range(1, batch.T + 1)
-            for t in times:
-                v = batch.valid[t - 1]
+            back = tuple(-d for d in sweep.direction) if step.grid else -sweep.direction
+            for t, k in self._steps(batch, back):
+                v = batch.valid[k]
                 for s in reversed(sweep.states):
-                    g = _weighted(cot[s][t - 1 + pre[s]], v.astype(float))
+                    g = _weighted(cot[s][at(t, _here(t), pre[s])], v.astype(float))
                     seed = grad_var(s, step.updates[s].shape)
                     send(s, t, self._leaf(batch, ext, pre, t, {seed: g}), np.ones(B))
         if seeds is None:
@@ -131,9 +139,21 @@ class LoopBackend:
         return loss, grads, initial
 
 
+def _index(point):
+    """The index of a step (or grid point) in an array without margins."""
+    return tuple(k - 1 for k in point) if isinstance(point, tuple) else point - 1
+
+
+def _here(point):
+    """The offset of the current step (or grid point)."""
+    return (0,) * len(point) if isinstance(point, tuple) else 0
+
+
 def _delayed_inputs(step: Step) -> dict:
     """Per consumer (as in ``Adjoint``), the cotangents it sends to inputs read at t - k: the
-    gradient w.r.t. their initial values, which the kernels treat as data."""
+    gradient w.r.t. their initial values, which the kernels treat as data (time only)."""
+    if step.grid:
+        return {}
     consumers = {s: (node, grad_var(s, node.shape)) for s, node in step.updates.items()}
     if step.loss is not None:
         consumers[LOSS] = (step.loss, ir.const(1))
@@ -160,50 +180,61 @@ class UnfoldedBackend:
             self._graphs[steps] = unfold(self.step, steps)
         return self._graphs[steps]
 
-    def _boundary(self, batch: Batch, idx, name: str, time: int, length: int):
+    def _boundary(self, batch: Batch, idx, name: str, time, length):
         info = self.step.signals[name]
         init, k = batch.initial.get(name), info.history
+        if self.step.grid:   # one value outside the grid, or zeros
+            return init[0][idx] if init is not None else np.zeros((len(idx),) + info.shape)
         row = k + time - 1 if time < 1 and info.direction > 0 else time - length - 1 if time > length and info.direction < 0 else None
         if init is not None and row is not None and 0 <= row < k:
             return init[row][idx]
         return np.zeros((len(idx),) + info.shape)
 
     def _groups(self, batch: Batch):
-        for length in np.unique(batch.lengths):
-            idx = np.flatnonzero(batch.lengths == length)
-            graph = self._graph(int(length))
+        grid = self.step.grid
+        keys = np.unique(batch.lengths, axis=0) if grid else np.unique(batch.lengths)
+        for key in keys:
+            idx = np.flatnonzero((batch.lengths == key).all(1) if grid else batch.lengths == key)
+            length = tuple(int(k) for k in key) if grid else int(key)
+            graph = self._graph(length)
 
-            def leaf(nid, attrs, idx=idx, length=int(length)):
+            def leaf(nid, attrs, idx=idx, length=length):
                 if attrs["kind"] == "param":
                     return batch.params[attrs["name"]]
                 if attrs.get("initial"):
                     return self._boundary(batch, idx, attrs["name"], attrs["time"], length)
                 if attrs["name"] not in batch.inputs:   # forward() without the loss's targets
                     return np.zeros((len(idx),) + attrs["shape"])
-                return batch.inputs[attrs["name"]][attrs["time"] - 1][idx]
+                return batch.inputs[attrs["name"]][_index(attrs["time"])][idx]
 
-            yield int(length), idx, graph, evaluate(graph, leaf)
+            yield length, idx, graph, evaluate(graph, leaf)
+
+    def _points(self, extents):
+        if self.step.grid:
+            return list(cells(extents, (1,) * len(extents)))
+        return range(1, extents + 1)
 
     def forward(self, batch: Batch) -> tuple[dict, dict]:
         step = self.step
-        states = {s: np.zeros((batch.T, batch.B) + i.shape) for s, i in step.signals.items() if i.role == "state"}
-        outputs = {o: np.zeros((batch.T, batch.B) + n.shape) for o, n in step.outputs.items()}
+        lead = batch.T if step.grid else (batch.T,)
+        states = {s: np.zeros(lead + (batch.B,) + i.shape) for s, i in step.signals.items() if i.role == "state"}
+        outputs = {o: np.zeros(lead + (batch.B,) + n.shape) for o, n in step.outputs.items()}
         for length, idx, graph, values in self._groups(batch):
-            for time in range(1, batch.T + 1):
+            mine = set(self._points(length))
+            for time in self._points(batch.T):
                 for s in states:
-                    nid = ("state", s, time)
-                    states[s][time - 1, idx] = (values[nid] if time <= length else
-                                                self._boundary(batch, idx, s, time, length))
+                    states[s][_index(time)][idx] = (values[("state", s, time)] if time in mine else
+                                                    self._boundary(batch, idx, s, time, length))
                 for o in outputs:
-                    if time <= length:
-                        outputs[o][time - 1, idx] = values[("output", o, time)]
+                    if time in mine:
+                        outputs[o][_index(time)][idx] = values[("output", o, time)]
         return states, outputs
 
     def loss_and_grad(self, batch: Batch) -> tuple[float, dict]:
         loss = 0.0
         grads = {p: np.zeros(shape) for p, shape in self.step.params.items()}
         for length, idx, graph, values in self._groups(batch):
-            seeds = {("loss", LOSS_NAME, time): np.full(len(idx), 1.0 / batch.B) for time in range(1, length + 1)}
+            seeds = {("loss", LOSS_NAME, time): np.full(len(idx), 1.0 / batch.B) for time in self._points(length)}
             loss += sum(float(np.sum(values[nid])) for nid in seeds) / batch.B
             ct = backprop(graph, values, seeds)
             for p in grads:

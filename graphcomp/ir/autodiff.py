@@ -35,7 +35,7 @@ def adjoint(step: Step, loss_seed: Node | None = None, wrt: frozenset | None = N
     unless ``loss_seed`` is given (a per-example weight, for kernels that fold masks in).
     ``wrt``: the nodes to differentiate with respect to instead of the parameters (say, a
     stack of weights a kernel computes once); ``params`` is then keyed by node."""
-    tape = {node: ir.read(s, 0, node.shape) for s, node in step.updates.items()
+    tape = {node: ir.read(s, step.here, node.shape) for s, node in step.updates.items()
             if node.args}  # a state that is a bare leaf (s(t) = x(t)) needs no tape
     reads, params = {}, {}
     consumers = {s: (node, grad_var(s, node.shape)) for s, node in step.updates.items()}

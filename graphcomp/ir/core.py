@@ -82,9 +82,11 @@ def _align(value: np.ndarray, node: Node, out: Node) -> np.ndarray:
 
 # ---------------------------------------------------------------- node constructors
 
-def read(name: str, offset: int, shape: Shape) -> Node:
-    """The value of signal ``name`` at ``t + offset``."""
-    return Node("read", (), (name, int(offset)), tuple(shape), True)
+def read(name: str, offset, shape: Shape) -> Node:
+    """The value of signal ``name`` at ``t + offset`` (over a grid, ``offset`` is one integer
+    per axis)."""
+    offset = tuple(int(k) for k in offset) if isinstance(offset, tuple) else int(offset)
+    return Node("read", (), (name, offset), tuple(shape), True)
 
 
 def param(name: str, shape: Shape) -> Node:
@@ -329,6 +331,8 @@ class Read(Op):
 
     def label(self, node):
         name, offset = node.attr
+        if isinstance(offset, tuple):
+            return f"{name}({', '.join(f'{k:+d}' if k else '0' for k in offset)})"
         return f"{name}(t{offset:+d})" if offset else f"{name}(t)"
 
 

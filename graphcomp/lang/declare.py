@@ -17,8 +17,8 @@ from ..errors import GraphcompError
 t = sp.Symbol("t", integer=True)
 """The time index. Signals are read at ``t`` plus an integer constant."""
 
-TIME_ONLY = ("graphcomp supports recurrences over the time index gc.t only for now "
-             "(grids over several axes and trees are planned)")
+TIME_ONLY = ("graphcomp supports recurrences over the time index gc.t and over grids of two or "
+             "more axes for now (trees are planned)")
 
 
 # ---------------------------------------------------------------- checked matrix arithmetic
@@ -276,14 +276,19 @@ class SignalRef(_Checked, sp.MatrixExpr):
     time = property(lambda self: self.args[1])
     shape = property(lambda self: (self.args[2], self.args[3]))
 
+    @property
+    def point(self) -> tuple:
+        """Its arguments: (time,) or, over a grid, one per axis."""
+        return tuple(self.time) if isinstance(self.time, sp.Tuple) else (self.time,)
+
     def _entry(self, i, j, **kwargs):
         return MatrixElement(self, i, j)
 
     def _sympystr(self, printer) -> str:
-        return f"{self.name}({printer._print(self.time)})"
+        return f"{self.name}({', '.join(printer._print(a) for a in self.point)})"
 
     def _latex(self, printer) -> str:
-        return signal_latex(self.name, printer._print(self.time))
+        return signal_latex(self.name, ", ".join(printer._print(a) for a in self.point))
 
 
 def signal_latex(name: str, time: str) -> str:
@@ -299,10 +304,11 @@ class Signal:
         self.name, self.rows, self.cols = name, rows, cols
 
     def __call__(self, *axes) -> SignalRef:
-        if len(axes) != 1:
-            shown = f"{self.name}({', '.join(map(str, axes))})"
-            raise GraphcompError(f"{shown}: {TIME_ONLY}; a signal takes one argument, the time, like {self.name}(t-1)")
-        return SignalRef(self.name, axes[0], self.rows, self.cols)
+        """At a time (``h(t-1)``) or, over a grid, at a point given per axis (``h(i-1, j)``)."""
+        if not axes:
+            raise GraphcompError(f"signal {self.name!r} needs its time, like {self.name}(t-1), or a point of "
+                                 f"a grid, like {self.name}(i-1, j)")
+        return SignalRef(self.name, axes[0] if len(axes) == 1 else sp.Tuple(*axes), self.rows, self.cols)
 
     def __repr__(self) -> str:
         return f"signal({self.name!r}, {self.rows}{'' if self.cols == 1 else f', {self.cols}'})"

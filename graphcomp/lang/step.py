@@ -24,13 +24,14 @@ LOSS_NAME = "L"   # the per-step loss L(t), in equations and in the unfolded gra
 
 @dataclass(frozen=True)
 class SignalInfo:
-    """A time-indexed signal: a state (computed by an update) or an input (given)."""
+    """A time-indexed signal: a state (computed by an update) or an input (given). Over a
+    grid, an offset and a direction have one entry per axis."""
 
     name: str
     role: str            # "state" or "input"
     shape: tuple         # per example, IR form: () or (rows, cols)
     offsets: tuple       # every offset it is read at, sorted
-    direction: int = 1   # +1 computed forward in time, -1 backwards (states only)
+    direction: int | tuple = 1   # +1 computed forward in time, -1 backwards (states only)
 
     @property
     def array_shape(self) -> tuple:
@@ -38,23 +39,33 @@ class SignalInfo:
         return self.shape[:1] if self.shape[1:] == (1,) else self.shape
 
     @property
-    def margins(self) -> tuple[int, int]:
+    def margins(self) -> tuple:
         """How many steps before t and after t it is read: the rows its timeline keeps before
-        the first step and after the last."""
-        return max(0, -min(self.offsets, default=0)), max(0, max(self.offsets, default=0))
+        the first step and after the last. Over a grid: one such pair per axis."""
+        if isinstance(self.direction, tuple):
+            return tuple(_margins([o[k] for o in self.offsets]) for k in range(len(self.direction)))
+        return _margins(self.offsets)
 
     @property
     def history(self) -> int:
-        """How many values before its boundary are read (the rows ``initial`` may give)."""
+        """How many values before its boundary are read (the rows ``initial`` may give);
+        over a grid, 1 if any value outside the grid is read (``initial`` gives one value)."""
+        if isinstance(self.direction, tuple):
+            return int(any(a or b for a, b in self.margins))
         before, after = self.margins
         return before if self.direction > 0 else after
 
 
+def _margins(offsets) -> tuple[int, int]:
+    return max(0, -min(offsets, default=0)), max(0, max(offsets, default=0))
+
+
 @dataclass(frozen=True)
 class Sweep:
-    """States computed together in one loop over time, in this order, in one direction."""
+    """States computed together in one loop over time, in this order, in one direction (over
+    a grid, one per axis: the loops nest in the axes' order)."""
 
-    direction: int
+    direction: int | tuple
     states: tuple
 
 
@@ -66,6 +77,17 @@ class Step:
     outputs: dict        # output name -> Node
     loss: Node | None    # per-step scalar loss L(t)
     sweeps: tuple        # of Sweep, in evaluation order
+    axes: tuple = (t,)   # the index axes: (t,), or a grid's (i, j, ...)
+
+    @property
+    def grid(self) -> bool:
+        """Over two or more axes (a read's offset is then a tuple, one entry per axis)."""
+        return len(self.axes) > 1
+
+    @property
+    def here(self):
+        """The offset of a read at the current step: 0, or over a grid (0, 0, ...)."""
+        return _zero(self.axes)
 
     @property
     def states(self) -> list:
@@ -141,6 +163,27 @@ def _time_offset(arg, shown, where: str) -> int:
     return int(k)
 
 
+def _point_offset(args: tuple, axes: tuple, shown, where: str):
+    """A read's offset: the k of ``t + k``, or over a grid the tuple of each axis's constant."""
+    if len(axes) == 1:
+        if len(args) != 1:
+            raise GraphcompError(f"{shown} in {where}: the model's updates are over time t alone, so a "
+                                 f"signal takes one argument, like {_name(shown)}(t-1)")
+        return _time_offset(args[0], shown, where)
+    names = ", ".join(map(str, axes))
+    if len(args) != len(axes):
+        raise GraphcompError(f"{shown} in {where}: the model's updates are over the axes ({names}), so a "
+                             f"signal takes {len(axes)} arguments, one per axis, like {_name(shown)}({names})")
+    out = []
+    for a, axis in zip(args, axes):
+        k = sp.simplify(sp.sympify(a) - axis)
+        if not k.is_Integer:
+            raise GraphcompError(f"{shown} in {where}: on axis {axis} the offset {k} is not an integer constant; "
+                                 f"read each axis at itself plus a constant, like {_name(shown)}({names}) with {axis}-1")
+        out.append(int(k))
+    return tuple(out)
+
+
 def _name(e) -> str:
     return e.name if isinstance(e, SignalRef) else e.func.__name__ if isinstance(e, AppliedUndef) else str(e)
 
@@ -148,7 +191,8 @@ def _name(e) -> str:
 class _Lowering:
     """Turns sympy expressions into IR, recording every signal and parameter it meets."""
 
-    def __init__(self):
+    def __init__(self, axes: tuple = (t,)):
+        self.axes = axes
         self.signals: dict[str, tuple] = {}      # name -> IR shape
         self.params: dict[str, tuple] = {}
         self.offsets: dict[str, set] = defaultdict(set)
@@ -159,8 +203,8 @@ class _Lowering:
         e = sp.sympify(e)
         return self.matrix(e) if isinstance(e, sp.MatrixExpr) else self.scalar(e)
 
-    def read(self, name: str, time, shape: tuple, shown) -> Node:
-        offset = _time_offset(time, shown, self.where)
+    def read(self, name: str, point: tuple, shape: tuple, shown) -> Node:
+        offset = _point_offset(point, self.axes, shown, self.where)
         if name in self.params:
             raise GraphcompError(f"{name!r} is used both as a parameter and as a signal ({shown}) in "
                                  f"{self.where}; give them different names")
@@ -169,7 +213,7 @@ class _Lowering:
             raise GraphcompError(f"signal {name!r} is read as {_fmt(old)} and as {_fmt(shape)} "
                                  f"({shown} in {self.where}); use one size")
         if name in self.bound:
-            if offset != 0:
+            if offset != _zero(self.axes):
                 raise GraphcompError(f"{shown} in {self.where}: output {name!r} can only be read at t; "
                                      f"to read it at another time make it a state (put {name}(t) in the updates)")
             return self.bound[name]
@@ -194,9 +238,10 @@ class _Lowering:
                 raise GraphcompError(f"the constant {e} in {self.where} is not finite")
             return ir.const(e)
         if isinstance(e, sp.Symbol):
-            if e.name == "t":
-                raise GraphcompError(f"the time index t appears outside a signal's argument in {self.where}; "
-                                     "a step cannot depend on t directly: pass time-varying values as an input signal")
+            if e.name == "t" or e in self.axes:
+                which = "time index" if e.name == "t" else "grid index"
+                raise GraphcompError(f"the {which} {e} appears outside a signal's argument in {self.where}; "
+                                     f"a step cannot depend on {e} directly: pass values that vary with it as an input signal")
             return self.param(e.name, (), e)
         if isinstance(e, MeanSquaredError):
             pred, target = (self.matrix(a) for a in e.args)
@@ -216,12 +261,9 @@ class _Lowering:
                 what = misapplied(e) if isinstance(e, sp.Function) else f"the matrix {a} is mixed into a scalar"
                 raise GraphcompError(f"{e} in {self.where}: {what}")
         if isinstance(e, AppliedUndef):
-            if len(e.args) != 1:
-                raise GraphcompError(f"{e} in {self.where}: {TIME_ONLY}; a signal takes one argument, "
-                                     f"the time, like {e.func}(t-1)")
-            if e.args[0].atoms(AppliedUndef):   # applied to a value, not to a time
+            if any(a.atoms(AppliedUndef) for a in e.args):   # applied to a value, not to a time
                 raise GraphcompError(f"{e} in {self.where}: {undefined(e.func.__name__, e.args[0])}")
-            return self.read(e.func.__name__, e.args[0], (), e)
+            return self.read(e.func.__name__, e.args, (), e)
         if isinstance(e, (sp.Add, sp.Mul, sp.Pow, sp.Function)):
             args = [self.scalar(a) for a in e.args]
             return ir.emap(e.func(*(X(i) for i in range(len(args)))), args)
@@ -237,7 +279,7 @@ class _Lowering:
 
     def matrix(self, e) -> Node:
         if isinstance(e, SignalRef):
-            return self.read(e.name, e.time, tuple(int(n) for n in e.shape), e)
+            return self.read(e.name, e.point, tuple(int(n) for n in e.shape), e)
         if isinstance(e, sp.MatrixSymbol):
             return self.param(e.name, tuple(int(n) for n in e.shape), e)
         if isinstance(e, sp.MatAdd):
@@ -285,19 +327,42 @@ def _fmt(shape) -> str:
     return "a scalar" if not shape else "x".join(str(n) for n in shape)
 
 
-def _lhs_name(lhs, where: str) -> tuple[str, tuple]:
+def _key(lhs) -> tuple[str, tuple, tuple]:
+    """An update key's name, shape and point (its arguments)."""
     if isinstance(lhs, SignalRef):
-        name, time, shape = lhs.name, lhs.time, tuple(int(n) for n in lhs.shape)
-    elif isinstance(lhs, AppliedUndef) and len(lhs.args) == 1:
-        name, time, shape = lhs.func.__name__, lhs.args[0], ()
-    elif isinstance(lhs, AppliedUndef):
-        raise GraphcompError(f"the update key {lhs}: {TIME_ONLY}; write updates as {{{lhs.func}(t): expression}}")
-    else:
-        raise GraphcompError(f"the update key {lhs!r} is not a signal at time t; write updates as "
-                             "{s(t): expression} with s = sympy.Function('s') or gc.signal('s', n)")
-    if _time_offset(time, lhs, where) != 0:
+        return lhs.name, tuple(int(n) for n in lhs.shape), lhs.point
+    if isinstance(lhs, AppliedUndef):
+        return lhs.func.__name__, (), lhs.args
+    raise GraphcompError(f"the update key {lhs!r} is not a signal at time t; write updates as "
+                         "{s(t): expression} with s = sympy.Function('s') or gc.signal('s', n)")
+
+
+def _axes(keys: list) -> tuple:
+    """The index axes, from the update keys: (t,), or a grid's symbols, the same for every key."""
+    if not keys:
+        return (t,)
+    name, _, point = _key(keys[0])
+    if len(point) == 1:
+        return (t,)
+    if not all(isinstance(a, sp.Symbol) for a in point) or len(set(point)) != len(point):
+        raise GraphcompError(f"the update key {keys[0]}: over a grid, a state is updated at a point of distinct "
+                             f"axis symbols, like {name}(i, j) with i, j = sympy.symbols('i j', integer=True)")
+    return tuple(point)
+
+
+def _lhs_name(lhs, axes: tuple, where: str) -> tuple[str, tuple]:
+    name, shape, point = _key(lhs)
+    if len(axes) > 1 and tuple(point) != axes:
+        raise GraphcompError(f"the update key {lhs}: every state of a grid is updated at the same point with the "
+                             f"axes in one order, like {name}({', '.join(map(str, axes))})")
+    if _point_offset(tuple(point), axes, lhs, where) != _zero(axes):
         raise GraphcompError(f"the update key {lhs} must be at time t: write {name}(t) = f({name}(t-1), ...)")
     return name, shape
+
+
+def _zero(axes: tuple):
+    """The offset of a read at the current step (or point)."""
+    return 0 if len(axes) == 1 else (0,) * len(axes)
 
 
 def build(updates: Mapping, outputs: Mapping | None = None, loss=None) -> Step:
@@ -307,10 +372,11 @@ def build(updates: Mapping, outputs: Mapping | None = None, loss=None) -> Step:
     outputs = dict(outputs or {})
     if not updates and not outputs and loss is None:
         raise GraphcompError("the recurrence is empty: give updates, outputs or a loss")
-    low = _Lowering()
+    axes = _axes([sp.sympify(k) for k in updates])
+    low = _Lowering(axes)
     lhs, exprs = {}, {}
     for key, expr in updates.items():
-        name, shape = _lhs_name(sp.sympify(key), "the updates")
+        name, shape = _lhs_name(sp.sympify(key), axes, "the updates")
         if name in lhs:
             raise GraphcompError(f"state {name!r} is updated twice")
         lhs[name], exprs[name] = shape, expr
@@ -351,20 +417,22 @@ def build(updates: Mapping, outputs: Mapping | None = None, loss=None) -> Step:
     for name in outs:
         if name in low.params:
             raise GraphcompError(f"output {name!r} has the name of a parameter; rename it")
-    sweeps, direction = _sweeps(list(lhs), new)
+    sweeps, direction = _sweeps(list(lhs), new, axes)
     signals = {}
     for sw in sweeps:
         for s in sw.states:
             signals[s] = SignalInfo(s, "state", lhs[s], tuple(sorted(low.offsets[s])), direction[s])
     for name, shape in low.signals.items():
         if name not in signals and name not in outs:
-            signals[name] = SignalInfo(name, "input", shape, tuple(sorted(low.offsets[name])))
-    return Step(signals, dict(low.params), new, outs, loss_node, tuple(sweeps))
+            signals[name] = SignalInfo(name, "input", shape, tuple(sorted(low.offsets[name])),
+                                       1 if len(axes) == 1 else (1,) * len(axes))
+    return Step(signals, dict(low.params), new, outs, loss_node, tuple(sweeps), axes)
 
 
-def _sweeps(order: list, updates: dict) -> tuple[list, dict]:
+def _sweeps(order: list, updates: dict, axes: tuple = (t,)) -> tuple[list, dict]:
     """Group the states into loops over time. A recurrence (a cycle of reads) runs forward if it
-    reads the past, backwards if it reads the future; same-step reads must not form a cycle."""
+    reads the past, backwards if it reads the future; same-step reads must not form a cycle.
+    Over a grid, each axis has its own direction."""
     reads = nx.DiGraph()
     reads.add_nodes_from(order)
     for s, node in updates.items():
@@ -374,19 +442,21 @@ def _sweeps(order: list, updates: dict) -> tuple[list, dict]:
                 if not reads.has_edge(src, s):
                     reads.add_edge(src, s, offsets=set())
                 reads.edges[src, s]["offsets"].add(off)
-    same = nx.DiGraph([(u, v) for u, v, d in reads.edges(data=True) if 0 in d["offsets"]])
+    here = _zero(axes)
+    same = nx.DiGraph([(u, v) for u, v, d in reads.edges(data=True) if here in d["offsets"]])
     try:
         cycle = nx.find_cycle(same)
     except nx.NetworkXNoCycle:
         cycle = None
     if cycle:
-        path = " -> ".join(f"{u}(t)" for u, _ in cycle) + f" -> {cycle[0][0]}(t)"
+        at = ", ".join(map(str, axes))
+        path = " -> ".join(f"{u}({at})" for u, _ in cycle) + f" -> {cycle[0][0]}({at})"
         raise GraphcompError(f"same-step cycle between states {sorted({u for u, _ in cycle})}: {path} "
                              "(each reads the next at the same t); delay one of the reads, e.g. to t-1")
     rank = {s: i for i, s in enumerate(order)}
     comps = list(nx.strongly_connected_components(reads))
     for comp in comps:
-        _direction(reads, comp)   # raises if a recurrence reads both past and future
+        _direction(reads, comp, axes)   # raises if a recurrence reads both past and future
     cond = nx.condensation(reads, comps)
     comp_order = list(nx.lexicographical_topological_sort(cond, key=lambda c: min(rank[s] for s in cond.nodes[c]["members"])))
     sweeps, direction = [], {}
@@ -396,7 +466,7 @@ def _sweeps(order: list, updates: dict) -> tuple[list, dict]:
         inner = nx.DiGraph(same.subgraph(members))
         inner.add_nodes_from(members)
         ordered = list(nx.lexicographical_topological_sort(inner, key=rank.get))
-        if current and _direction(reads, set(current) | members, quiet=True) is not None:
+        if current and _direction(reads, set(current) | members, axes, quiet=True) is not None:
             current += ordered
         else:
             if current:
@@ -406,15 +476,19 @@ def _sweeps(order: list, updates: dict) -> tuple[list, dict]:
         sweeps.append(current)
     out = []
     for sw in sweeps:
-        d = _direction(reads, set(sw)) or 1
+        d = _direction(reads, set(sw), axes)
+        d = (d or 1) if len(axes) == 1 else tuple(k or 1 for k in d)
         out.append(Sweep(d, tuple(sw)))
         direction.update({s: d for s in sw})
     return out, direction
 
 
-def _direction(reads: nx.DiGraph, states: set, quiet: bool = False):
+def _direction(reads: nx.DiGraph, states: set, axes: tuple = (t,), quiet: bool = False):
     """+1 if the reads among ``states`` look only into the past, -1 only into the future,
-    0 if only at the same step; a mix raises (or returns None when ``quiet``)."""
+    0 if only at the same step; a mix raises (or returns None when ``quiet``). Over a grid:
+    a tuple, one per axis."""
+    if len(axes) > 1:
+        return _grid_direction(reads, states, axes, quiet)
     past, future = [], []
     for u, v, d in reads.subgraph(states).edges(data=True):
         for off in d["offsets"]:
@@ -426,3 +500,27 @@ def _direction(reads: nx.DiGraph, states: set, quiet: bool = False):
                              f"({past[0]}) and the future ({future[0]}); a state runs in one direction: "
                              "read its own past (t-k) or its own future (t+k), not both")
     return 1 if past else -1 if future else 0
+
+
+def _grid_direction(reads: nx.DiGraph, states: set, axes: tuple, quiet: bool):
+    """Per axis: +1 if the reads among ``states`` look back along it, -1 ahead, 0 neither."""
+    out = []
+    for k, axis in enumerate(axes):
+        back, ahead = [], []
+        for u, v, d in reads.subgraph(states).edges(data=True):
+            for off in d["offsets"]:
+                shown = f"{v}({', '.join(map(str, axes))}) reads {u}({_at(axes, off)})"
+                (back if off[k] < 0 else ahead if off[k] > 0 else []).append(shown)
+        if back and ahead:
+            if quiet:
+                return None
+            raise GraphcompError(f"states {sorted(states)} are read both ways along axis {axis} ({back[0]}; "
+                                 f"{ahead[0]}); a state sweeps one way per axis: read it at {axis}-k or at "
+                                 f"{axis}+k, not both")
+        out.append(1 if back else -1 if ahead else 0)
+    return tuple(out)
+
+
+def _at(axes: tuple, off: tuple) -> str:
+    """A grid point as written: ``i - 1, j``."""
+    return ", ".join(str(a + k) for a, k in zip(axes, off))

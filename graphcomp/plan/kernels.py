@@ -23,6 +23,14 @@ from .region import Builder, Region, Sink, Unsupported, kind, length, resolve, w
 LOSS_SEED = ir.var(("grad", LOSS), ())   # the loss's weight per row: 1/B while the sequence lasts
 
 
+def _behind(offset, direction) -> bool:
+    """Is a read at ``offset`` of a step already processed by a backward loop sweeping against
+    ``direction`` (or at the same step)? Over a grid, on every axis."""
+    if isinstance(offset, tuple):
+        return all(o * d <= 0 for o, d in zip(offset, direction))
+    return offset * direction <= 0
+
+
 def _costly(expr: sp.Expr) -> bool:
     """Does an elementwise expression apply a function (tanh, exp, ...) or a fractional power?"""
     return any(isinstance(e, sp.Function) or (isinstance(e, sp.Pow) and not e.exp.is_Integer)
@@ -88,9 +96,9 @@ class Gradients:
                     # a cotangent's timeline holds what later steps sent past a sequence's end:
                     # a factor is copied into a buffer, zero there, unless it already is one
                     place = kept.get(f) or (None if f.op == "var" else region.available(f))
-                    if not (isinstance(place, Place) and self.b.buffers[place.buffer].rows[0] == "steps"
+                    if not (isinstance(place, Place) and self.b.over_steps(place)
                             and place.col == 0 and self.b.width(place) == length(f.shape)):
-                        place = kept[f] = Place(self.b.buffer("factor", ("steps", 0), length(f.shape)))
+                        place = kept[f] = Place(self.b.buffer("factor", self.b.everywhere(), length(f.shape)))
                         out.append(Sink(f, place, "=", "zero"))
                     places.append(place)
                 self.outer.setdefault(q, []).append((coef, *places))
@@ -128,12 +136,13 @@ class Plans:
         """Signal ``name`` read at t + offset: its timeline (or cotangent timeline, or ring)."""
         shape = self.step.signals[name].shape
         w = None if shape == () else length(shape)
-        before, after = self.margins[name]
+        margins = self.margins[name]
+        before = tuple(m[0] for m in margins) if self.step.grid else margins[0]
         if role == "cot" and name in self.rings:
             return Place(b.buffer("cot", ("ring", self.rings[name]), w, zero=True, name=f"d{name}_"), offset)
         if role == "cot":
-            return Place(b.buffer("cot", ("steps", before + after), w, before=before, zero=True, name=f"d{name}_"), offset)
-        return Place(b.buffer("signal", ("steps", before + after), w, before=before, name=f"{name}_"), offset)
+            return Place(b.buffer("cot", b.everywhere(margins), w, before=before, zero=True, name=f"d{name}_"), offset)
+        return Place(b.buffer("signal", b.everywhere(margins), w, before=before, name=f"{name}_"), offset)
 
     def leaf(self, b: Builder, known: dict):
         def find(n: Node):
@@ -157,12 +166,14 @@ class Plans:
         if any(n.batched and n.op == "matmul" and kind(n) == "product" for n in graph):
             return False
         last = step.sweeps[-1]
-        return all(off * last.direction <= 0 for (s, off) in adj.reads[LOSS] if s in last.states)
+        return all(_behind(off, last.direction) for (s, off) in adj.reads[LOSS] if s in last.states)
 
     def _rings(self) -> dict:
         """States whose cotangents only their own backward loop sends: a ring of K steps' rows
-        (K = the largest delay + 1) instead of a timeline over all steps."""
+        (K = the largest delay + 1) instead of a timeline over all steps (not over a grid)."""
         adj, step = self.adjoint, self.step
+        if step.grid:
+            return {}
         writers: dict = {s: set() for s in step.states}
         window: dict = {s: 1 for s in step.states}
         for k, sweep in enumerate(step.sweeps):
@@ -195,7 +206,7 @@ class Plans:
             for s in sweep.states:
                 node = self.step.updates[s]
                 mapping.update(ir.rewrite([node], mapping))
-                mapping[ir.read(s, 0, node.shape)] = mapping[node]
+                mapping[ir.read(s, self.step.here, node.shape)] = mapping[node]
             out.append(mapping)
         return out
 
@@ -212,12 +223,13 @@ class Plans:
             for who in consumers:
                 if who != LOSS:
                     shape = self.step.updates[who].shape
-                    same = [ir.substitute([adj.reads[o][(who, 0)]], seeds)[0] for o in [LOSS, *sweep.states]
+                    here = (who, self.step.here)
+                    same = [ir.substitute([adj.reads[o][here]], seeds)[0] for o in [LOSS, *sweep.states]
                             if (o == LOSS and LOSS in consumers or o != LOSS and grad_var(o, self.step.updates[o].shape) in seeds)
-                            and (who, 0) in adj.reads[o]]
+                            and here in adj.reads[o]]
                     seeds[grad_var(who, shape)] = ir.add(ir.var(("cot", who), shape), *same)
                 for (name, off), node in adj.reads[who].items():
-                    if not (off == 0 and name in sweep.states):
+                    if not (off == self.step.here and name in sweep.states):
                         sends.setdefault((name, off), []).append(ir.substitute([node], seeds)[0])
                 for q, node in adj.params[who].items():
                     grads.setdefault(q, []).append(ir.substitute([node], seeds)[0])
@@ -255,7 +267,7 @@ class Plans:
             while n.op == "take":
                 n = resolve(n.args[0])
             if n in computed and n not in tapes:
-                tapes[n] = Place(b.buffer("tape", ("steps", 0), width(n)))
+                tapes[n] = Place(b.buffer("tape", b.everywhere(), width(n)))
         return tapes
 
     # -------------------------------------------------------- loops
@@ -292,19 +304,21 @@ class Plans:
     def _forward_loops(self, b: Builder, sweeps: list, known: dict, tapes: dict) -> list:
         out = []
         for sweep, mapping in zip(self.step.sweeps, sweeps):
-            guard = "zero" if sweep.direction > 0 else "keep"   # past its end: zero, or its boundary values
+            # past its end: zero, or its boundary values; over a grid, what outside points hold
+            guard = "keep" if self.step.grid or sweep.direction < 0 else "zero"
             sinks = [Sink(mapping[self.step.updates[s]], self.timeline(b, s, 0), "=", guard) for s in sweep.states]
             sinks += [Sink(mapping[n], place, "=", "zero") for n, place in tapes.items() if n in mapping]
             out.append(self._steps(b, sweep.direction, sinks, known, ", ".join(f"{s}(t)" for s in sweep.states)))
         return out
 
     def _finish(self, b: Builder, name: str, signals: list, body: list, **results) -> Kernel:
-        k = Kernel(name, tuple(signals), dict(b.values), tuple(b.buffers.values()), tuple(body), **results)
+        k = Kernel(name, tuple(signals), dict(b.values), tuple(b.buffers.values()), tuple(body),
+                   axes=len(self.step.axes), **results)
         check(k)
         return k
 
     def forward(self) -> Kernel:
-        step, b = self.step, Builder()
+        step, b = self.step, Builder(len(self.step.axes))
         sweeps, dep = self._sweeps(), self._depends_on_state()
         reads = set(step.updates) | {n.attr[0] for n in ir.toposort(step.roots(with_loss=False)) if n.op == "read"}
         signals = [n for n in step.signals if n in reads]
@@ -314,14 +328,14 @@ class Plans:
         body += self._forward_loops(b, sweeps, known, {})
         outs, sinks = {}, []
         for o, node in step.outputs.items():
-            outs[o] = b.buffer("out", ("steps", 0), None if node.shape == () else length(node.shape), name=f"out_{o}")
+            outs[o] = b.buffer("out", b.everywhere(), None if node.shape == () else length(node.shape), name=f"out_{o}")
             sinks.append(Sink(node, Place(outs[o])))
         if sinks:
             body += Region(b, self.leaf(b, known), "all").run(sinks)
         return self._finish(b, "forward", signals, body, outputs=outs)
 
     def loss_and_grad(self, seeded: bool = False) -> Kernel:
-        step, adj, b = self.step, self.adjoint, Builder()
+        step, adj, b = self.step, self.adjoint, Builder(len(self.step.axes))
         sweeps, dep = self._sweeps(), self._depends_on_state()
         signals = list(step.signals)
         for n in signals:
@@ -349,8 +363,9 @@ class Plans:
         for k, (sweep, sinks, contributions) in enumerate(backward):   # the adjoint step, backwards in time
             sinks = sinks + ([loss_sink] if self.fuse_loss and k == 0 else [])
             rings = [self.timeline(b, s, 0, "cot") for s in sweep.states if s in self.rings]
-            mine = [s for s in sweep.states if sweep.direction > 0] if seeded else []
-            body.append(self._steps(b, -sweep.direction, sinks, weight, ", ".join(f"∇{s}(t)" for s in sweep.states),
+            mine = [s for s in sweep.states if sweep.direction > 0] if seeded and not step.grid else []
+            back = tuple(-d for d in sweep.direction) if step.grid else -sweep.direction
+            body.append(self._steps(b, back, sinks, weight, ", ".join(f"∇{s}(t)" for s in sweep.states),
                                     gradients, contributions, rings, mine))
             seeds.update({s: (f"seed_{s}", f"d{s}_", self._seed_k(s)) for s in mine})
         outer, sums = gradients.finish()

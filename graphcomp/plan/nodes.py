@@ -24,6 +24,7 @@ from ..errors import GraphcompError
 @dataclass(frozen=True)
 class Buffer:
     """An array of the kernel. ``rows``: ``("steps", extra)`` (T + extra steps of B rows),
+    ``("grid", ((before, after), ...))`` (every point of a grid with these margins per axis),
     ``("ring", K)`` (K steps of B rows, step t at (t - 1) mod K), ``("block", 1)`` (B rows: one
     step) or ``("one", 1)`` (one row: a sum over all rows). ``before``: steps stored before
     step 1 (a timeline's margin). ``role`` says what it holds (for the driver and for people):
@@ -207,6 +208,7 @@ class Kernel:
     sums: dict = field(default_factory=dict)
     outputs: dict = field(default_factory=dict)
     seeds: dict = field(default_factory=dict)   # state -> (seed buffer, cot buffer, k)
+    axes: int = 1                                # 1 over time, else a grid's axes
 
     def buffer(self, name: str) -> Buffer:
         return next(b for b in self.buffers if b.name == name)
@@ -215,10 +217,14 @@ class Kernel:
 # ---------------------------------------------------------------- printing and checking
 
 
+def _shift(k) -> str:
+    return f"t{k:+d}" if isinstance(k, int) else "(" + ",".join(f"{d:+d}" for d in k) + ")"
+
+
 def _operand(a) -> str:
     if isinstance(a, Load):
         p = a.place
-        return f"{p.buffer}[t{p.shift:+d}][{p.col}+{a.comp}]" if p.col else f"{p.buffer}[t{p.shift:+d}][{a.comp}]"
+        return f"{p.buffer}[{_shift(p.shift)}][{p.col}+{a.comp}]" if p.col else f"{p.buffer}[{_shift(p.shift)}][{a.comp}]"
     if isinstance(a, Local):
         return a.name
     if isinstance(a, Value):
@@ -232,21 +238,24 @@ def _expr(e: Expr) -> str:
 
 
 def _place(p: Place) -> str:
-    return f"{p.buffer}[t{p.shift:+d}]" + (f"[{p.col}:]" if p.col else "")
+    return f"{p.buffer}[{_shift(p.shift)}]" + (f"[{p.col}:]" if p.col else "")
 
 
 def pretty(kernel: Kernel) -> str:
     """The plan as indented text, one line per statement."""
     lines = [f"kernel {kernel.name}({', '.join(kernel.signals)}; {', '.join(kernel.values)})"]
     for b in kernel.buffers:
-        lines.append(f"  buffer {b.name}: {b.role} {b.rows[0]}{b.rows[1]:+d} x {b.width or 1}"
+        extra = f"{b.rows[1]:+d}" if isinstance(b.rows[1], int) else str(list(b.rows[1]))
+        lines.append(f"  buffer {b.name}: {b.role} {b.rows[0]}{extra} x {b.width or 1}"
                      + (f" before {b.before}" if b.before else "") + (" zero" if b.zero else ""))
 
     def walk(stmts, depth):
         pad = "  " * depth
         for s in stmts:
             if isinstance(s, Steps):
-                lines.append(f"{pad}steps {'forward' if s.direction > 0 else 'backward'}" + (f"  # {s.note}" if s.note else ""))
+                way = (" ".join("+" if d > 0 else "-" for d in s.direction) if isinstance(s.direction, tuple)
+                       else "forward" if s.direction > 0 else "backward")
+                lines.append(f"{pad}steps {way}" + (f"  # {s.note}" if s.note else ""))
                 walk(s.body, depth + 1)
             elif isinstance(s, Rows):
                 lines.append(f"{pad}rows {s.span}" + (f" guard={s.guard}" if s.guard else ""))

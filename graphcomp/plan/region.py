@@ -77,7 +77,8 @@ class Builder:
     """The memory and names of one kernel under construction: buffers, the unbatched values
     the driver computes, and fresh local names."""
 
-    def __init__(self):
+    def __init__(self, axes: int = 1):
+        self.axes = axes
         self.buffers: dict[str, Buffer] = {}
         self.values: dict[str, tuple] = {}    # name -> (node, layout)
         self._names: dict[tuple, str] = {}
@@ -98,6 +99,17 @@ class Builder:
 
     def width(self, place: Place) -> int | None:
         return self.buffers[place.buffer].width
+
+    def everywhere(self, margins=None) -> tuple:
+        """The rows of a buffer over every step (and ``margins``): ("steps", before + after),
+        or over a grid ("grid", ((before, after) per axis))."""
+        if self.axes == 1:
+            return ("steps", sum(margins or (0, 0)))
+        return ("grid", tuple(margins or ((0, 0),) * self.axes))
+
+    def over_steps(self, place: Place) -> bool:
+        """Does the place's buffer hold every step's rows (a timeline, tape, factor)?"""
+        return self.buffers[place.buffer].rows[0] in ("steps", "grid")
 
     def value(self, node: Node, layout: str | None = None) -> str:
         """The name of an unbatched value: a parameter ``p_<name>``, or one computed from them.
@@ -243,14 +255,14 @@ class Region:
         return self._fusable(user) and self.level[user] == self.level[a] and length(user.shape) == length(a.shape)
 
     def _rows(self) -> tuple:
-        return ("block", 1) if self.span == "block" else ("steps", 0)
+        return ("block", 1) if self.span == "block" else self.b.everywhere()
 
     def _assign_homes(self, sinks: list) -> None:
         """A buffer for everything read outside the loop computing it: one of its ``=`` sinks'
         when that fits, else a temporary."""
         stores: dict = {}
         for s in sinks:
-            if s.op == "=" and s.place is not None and self.b.buffers[s.place.buffer].rows[0] in ("steps", "ring"):
+            if s.op == "=" and s.place is not None and self.b.buffers[s.place.buffer].rows[0] in ("steps", "grid", "ring"):
                 stores.setdefault(s.node, []).append(s)
         self.parts: dict = {}     # part -> [(concat, offset)]
         for n in self.order:

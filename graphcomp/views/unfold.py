@@ -17,12 +17,23 @@ import numpy as np
 from .. import ir
 from ..errors import GraphcompError, is_count
 from ..lang.step import LOSS_NAME, Step
+from ..layout import cells
 
 
-def unfold(step: Step, steps: int) -> nx.DiGraph:
-    """The DAG of ``steps`` applications of the step; it grows linearly with ``steps``."""
-    if not is_count(steps):
+def unfold(step: Step, steps) -> nx.DiGraph:
+    """The DAG of ``steps`` applications of the step; it grows linearly with ``steps``. Over a
+    grid, ``steps`` is the extent of each axis and a node's ``time`` is its point (i, j, ...)."""
+    if step.grid:
+        if not (isinstance(steps, tuple) and len(steps) == len(step.axes) and all(map(is_count, steps))):
+            raise GraphcompError(f"a grid over ({', '.join(map(str, step.axes))}) unfolds over a tuple of "
+                                 f"{len(step.axes)} positive extents, like ({', '.join(['3'] * len(step.axes))}); got {steps!r}")
+        points = list(cells(steps, (1,) * len(steps)))
+        inside = lambda p: all(1 <= k <= n for k, n in zip(p, steps))
+        shifted = lambda p, off: tuple(k + o for k, o in zip(p, off))
+    elif not is_count(steps):
         raise GraphcompError(f"steps must be a positive integer, got {steps!r}")
+    else:
+        points, inside, shifted = range(1, steps + 1), lambda p: 1 <= p <= steps, lambda p, off: p + off
     roots = step.roots()
     order = ir.toposort(roots)
     index = {node: k for k, node in enumerate(order)}
@@ -35,7 +46,7 @@ def unfold(step: Step, steps: int) -> nx.DiGraph:
         nid = (info.role, name, time)
         if nid not in g:
             g.add_node(nid, kind=info.role, name=name, time=time, shape=info.shape,
-                       initial=not 1 <= time <= steps)
+                       initial=not inside(time))
         return nid
 
     def computed(kind: str, name: str, time: int, root) -> None:
@@ -43,11 +54,11 @@ def unfold(step: Step, steps: int) -> nx.DiGraph:
         g.add_node(nid, kind=kind, name=name, time=time, shape=root.shape, args=[ids[root]])
         g.add_edge(ids[root], nid)
 
-    for time in range(1, steps + 1):
+    for time in points:
         ids = {}
         for node in order:
             if node.op == "read":
-                ids[node] = signal(node.attr[0], time + node.attr[1])
+                ids[node] = signal(node.attr[0], shifted(time, node.attr[1]))
             elif node.op == "param":
                 ids[node] = ("param", node.attr, None)
             else:

@@ -17,7 +17,7 @@ import numba
 import numpy as np
 
 from ...check import Batch
-from ...layout import lengths32, step_rows, timelines
+from ...layout import interior, lengths32, step_rows, timelines
 from ...plan.kernels import Plans
 from ...plan.nodes import Kernel as Plan
 from ...plan.region import Unsupported
@@ -50,6 +50,11 @@ def load(text: str, name: str | None = None):
     spec.loader.exec_module(module)
     sys.modules[name] = module
     return module
+
+
+def _lead(batch: Batch) -> tuple:
+    """The leading axes of a batch's arrays: (T,), or over a grid its extents."""
+    return batch.T if isinstance(batch.T, tuple) else (batch.T,)
 
 
 def run_source(text: str, name: str, namespace: dict) -> dict:
@@ -115,6 +120,7 @@ class NumbaBackend:
 
     def _build(self, plan: Plan) -> Compiled:
         dtype = self.dtype.name
+        load(runtime_source(dtype), runtime_name(dtype))
         loops, args, sizes = loops_module(plan, dtype, header(dtype))
         module = load(loops)
         driver = Driver(plan, args, sizes, self.step.params).source(plan.name, work=True)
@@ -151,12 +157,15 @@ class NumbaBackend:
         """Compile (or load from the disk cache) the kernel a user needs first, on a one-step
         batch: ``loss_and_grad``, or ``forward`` for a model without a loss. The other one
         compiles at its first call. A problem shows here, never as a Numba error later."""
-        load(runtime_source(self.dtype.name), runtime_name(self.dtype.name))
-        B = 1
+        B, grid = 1, self.step.grid
+        T = (1,) * len(self.step.axes) if grid else 1
+        lead = T if grid else (T,)
         params = {p: np.zeros(shape, self.dtype) for p, shape in self.step.params.items()}
-        inputs = {n: np.zeros((1, B) + i.shape, self.dtype) for n, i in self.step.signals.items() if i.role == "input"}
-        initial = {n: np.zeros((i.history, B) + i.shape, self.dtype) for n, i in self.step.signals.items() if i.history}
-        batch = Batch(1, B, params, inputs, np.ones(B, np.int64), initial, self.dtype)
+        inputs = {n: np.zeros(lead + (B,) + i.shape, self.dtype) for n, i in self.step.signals.items() if i.role == "input"}
+        initial = {} if grid else {n: np.zeros((i.history, B) + i.shape, self.dtype)
+                                   for n, i in self.step.signals.items() if i.history}
+        lengths = np.ones((B, len(T)) if grid else B, np.int64)
+        batch = Batch(T, B, params, inputs, lengths, initial, self.dtype)
         if self.step.loss is not None:
             self.loss_and_grad(batch)
         else:
@@ -186,9 +195,10 @@ class NumbaBackend:
         args = [batch.T, batch.B, lengths32(batch.lengths), work]
         for s in k.plan.signals:
             a = ext.get(s)
+            shape = self.step.signals[s].array_shape
             if a is None:   # forward() without the loss's targets: never read
-                a = np.zeros((batch.T, batch.B) + self.step.signals[s].array_shape, self.dtype)
-            args.append(np.ascontiguousarray(a.reshape((-1,) + a.shape[2:]), dtype=self.dtype))
+                a = np.zeros(_lead(batch) + (batch.B,) + shape, self.dtype)
+            args.append(np.ascontiguousarray(a.reshape((-1,) + shape), dtype=self.dtype))
             ext[s] = args[-1]
         args += [np.asarray(batch.params[p], self.dtype) for p in self.step.params]
         return k, args, ext, pre
@@ -202,15 +212,17 @@ class NumbaBackend:
     def forward(self, batch: Batch) -> tuple[dict, dict]:
         k, args, ext, pre = self._arguments("forward", batch)
         outs = self._call(k, args)
-        T, B = batch.T, batch.B
+        B, lead = batch.B, _lead(batch)
         states = {}
         for s in self.step.states:
-            a = ext[s].reshape((-1, B) + self.step.signals[s].shape)
-            states[s] = a[pre[s]:pre[s] + T]
+            margins = self.step.signals[s].margins
+            padded = tuple(n + b + a for n, (b, a) in zip(lead, margins)) if self.step.grid else (-1,)
+            states[s] = interior(ext[s].reshape(padded + (B,) + self.step.signals[s].shape), pre[s], batch.T)
         outputs = {}
         for o, node in self.step.outputs.items():
-            value = outs[o].reshape((T, B) + node.shape)
-            outputs[o] = np.where(batch.valid.reshape(batch.valid.shape + (1,) * (value.ndim - 2)), value, 0)
+            value = outs[o].reshape(lead + (B,) + node.shape)
+            valid = batch.valid
+            outputs[o] = np.where(valid.reshape(valid.shape + (1,) * (value.ndim - valid.ndim)), value, 0)
         return states, outputs
 
     def loss_and_grad(self, batch: Batch, seeds: dict | None = None) -> tuple:

@@ -86,9 +86,14 @@ class Loops:
         self.var = "t"
 
     @property
+    def grid(self) -> bool:
+        return self.k.axes > 1
+
+    @property
     def args(self) -> list:
-        """The calling convention: sizes, lengths, the loss weight, buffers, then values."""
-        return ["T", "B", "n", "lengths", "inv_B", *self.buffers, *self.k.values]
+        """The calling convention: the steps (over a grid the extents ``E``, one per axis), the
+        batch, sizes, lengths, the loss weight, buffers, then values."""
+        return ["E" if self.grid else "T", "B", "n", "lengths", "inv_B", *self.buffers, *self.k.values]
 
     def size(self, value: int) -> str:
         return self.sizes.get(value, str(value))
@@ -119,13 +124,17 @@ class Loops:
         self.depth -= 1
 
     # -------------------------------------------------------- addresses
-    def first_row(self, place: Place, span: str) -> str:
+    def first_row(self, place: Place, span: str, run: bool = False) -> str:
         """The first row of a place's block: of step t + shift in a loop over steps, else of
-        every step's rows moved by shift."""
+        every step's rows moved by shift. Over a grid, of point (t0, t1, ...) + shift, or in a
+        pass over every point of (tt0 + 1, tt1 + 1, ...) + shift; ``run``: of the run of points
+        along the last axis that starts there."""
         b = self.buffers[place.buffer]
         kind, extra = b.rows
         if kind in ("block", "fixed"):
             return "0"
+        if kind == "grid":
+            return f"({self.cell(place, span, run)}) * B"
         if kind == "ring":
             return f"(({_t(place.shift - 1)}) % {extra}) * B"
         at = place.shift + b.before
@@ -133,9 +142,28 @@ class Loops:
             return f"{at} * B" if at else "0"
         return f"({_t(at - 1)}) * B" if at != 1 else "t * B"
 
+    def cell(self, place: Place, span: str, run: bool) -> str:
+        """The index of a grid point in a buffer with margins: row-major over the axes."""
+        b = self.buffers[place.buffer]
+        shift = place.shift if isinstance(place.shift, tuple) else (0,) * self.k.axes
+        out = ""
+        for k, ((before, after), d) in enumerate(zip(b.rows[1], shift)):
+            if run and k == self.k.axes - 1:
+                var, c = "0", d + before
+            else:
+                var, c = (f"t{k}", d + before - 1) if span == "block" else (f"tt{k}", d + before)
+            index = str(c) if var == "0" else var if c == 0 else f"{var} + {c}" if c > 0 else f"{var} - {-c}"
+            if k == 0:
+                out = index
+            else:
+                extent = f"E[{k}]" if before + after == 0 else f"(E[{k}] + {before + after})"
+                scaled = f"{out} * {extent}" if out.isidentifier() else f"({out}) * {extent}"
+                out = scaled if index == "0" else f"{scaled} + {index}"
+        return out
+
     def row_var(self, place: Place) -> str:
-        shift = f"m{-place.shift}" if place.shift < 0 else f"{place.shift}"
-        return f"o_{place.buffer}_{shift}"
+        shifts = place.shift if isinstance(place.shift, tuple) else (place.shift,) * (self.k.axes if self.grid else 1)
+        return f"o_{place.buffer}_" + "_".join(f"m{-k}" if k < 0 else f"{k}" for k in shifts)
 
     def address(self, place: Place, comp) -> str:
         b = self.buffers[place.buffer]
@@ -159,6 +187,8 @@ class Loops:
             row = "r" if first == "0" else f"{first} + r"
             if span == "all" and b.rows[0] == "steps":
                 row = rows if first == "0" else f"{rows} + {first}"
+            if span == "all" and b.rows[0] == "block" and self.grid:
+                row = "r"
             if b.width is not None:
                 row = f"({row}) * {self.size(b.width)}"
             self.line(f"{self.row_var(place)} = {row}")
@@ -183,14 +213,40 @@ class Loops:
 
     # -------------------------------------------------------- statements
     def visit_Steps(self, s: Steps) -> None:
+        if not self.grid:
+            if s.note:
+                self.line(f"# {s.note}, {'forward' if s.direction > 0 else 'backwards'} in time")
+            header = "for t in range(1, T + 1):" if s.direction > 0 else "for t in range(T, 0, -1):"
+            self.indented(header, s.body)
+            return
         if s.note:
-            self.line(f"# {s.note}, {'forward' if s.direction > 0 else 'backwards'} in time")
-        header = "for t in range(1, T + 1):" if s.direction > 0 else "for t in range(T, 0, -1):"
-        self.indented(header, s.body)
+            ways = ", ".join(f"t{k} {'up' if d > 0 else 'down'}" for k, d in enumerate(s.direction))
+            self.line(f"# {s.note}, over the grid: {ways}")
+        depth = self.depth
+        for k, d in enumerate(s.direction):
+            self.line(f"for t{k} in range(1, E[{k}] + 1):" if d > 0 else f"for t{k} in range(E[{k}], 0, -1):")
+            self.depth += 1
+        self.block(s.body)
+        self.depth = depth
+
+    def leading(self, all_axes: bool = True) -> int:
+        """Open the loops over every point (``tt0``, ``tt1``, ...) or all but the last axis'."""
+        n = self.k.axes if all_axes else self.k.axes - 1
+        for k in range(n):
+            self.line(f"for tt{k} in range(E[{k}]):")
+            self.depth += 1
+        return n
+
+    def ok(self, span: str) -> str:
+        """Is row r's point (or step) within its example's extent?"""
+        if not self.grid:
+            return "t <= lengths[r]" if span == "block" else "tt + 1 <= lengths[r]"
+        var = "t{}" if span == "block" else "tt{} + 1"
+        return " and ".join(f"{var.format(k)} <= lengths[r, {k}]" for k in range(self.k.axes))
 
     def visit_Rows(self, s: Rows) -> None:
         places = [p for st in walk((*s.body, *s.otherwise)) for p in _places(st)]
-        ok = "t <= lengths[r]" if s.span == "block" else "tt + 1 <= lengths[r]"
+        ok = self.ok(s.span)
 
         def body():
             self.row_defs(places, s.span)
@@ -211,12 +267,15 @@ class Loops:
             if s.weight:
                 self.line(f"wt = inv_B if ok else {self.zero()}")
             self.block(s.body)
-        if s.span == "all":
+        opened = 0
+        if s.span == "all" and self.grid:
+            opened = self.leading()
+        elif s.span == "all":
             self.line("for tt in range(T):")
             self.depth += 1
+            opened = 1
         self.indented("for r in range(B):", emit=body)
-        if s.span == "all":
-            self.depth -= 1
+        self.depth -= opened
 
     def visit_Components(self, s: Components) -> None:
         self.indented(f"for i in range({self.size(s.n)}):", s.body)
@@ -236,6 +295,12 @@ class Loops:
         src, out = self.buffers[s.src.buffer], self.buffers[s.out.buffer]
         rows = "B" if s.span == "block" else "T * B"
         if s.src.col == 0 and src.width == s.k and s.out.col == 0 and out.width == s.n:
+            if self.grid and s.span == "all":   # every point: one product per run along the last axis
+                opened = self.leading(all_axes=False)
+                self.line(f"_mm({s.src.buffer}, {self.first_row(s.src, 'all', True)}, {s.matrix}, {s.out.buffer}, "
+                          f"{self.first_row(s.out, 'all', True)}, E[{self.k.axes - 1}] * B)")
+                self.depth -= opened
+                return
             self.line(f"_mm({s.src.buffer}, {self.first_row(s.src, s.span)}, {s.matrix}, {s.out.buffer}, "
                       f"{self.first_row(s.out, s.span)}, {rows})")
             return
@@ -250,14 +315,25 @@ class Loops:
                 self.line(f"vq = {self.address(s.src, 'q')}")
                 self.indented(f"for j in range({n}):", emit=lambda: self.line(f"{target} += vq * {s.matrix}[q, j]"))
             self.indented(f"for q in range({k}):", emit=q)
-        if s.span == "all":
+        opened = 0
+        if s.span == "all" and self.grid:
+            opened = self.leading()
+        elif s.span == "all":
             self.line("for tt in range(T):")
             self.depth += 1
+            opened = 1
         self.indented("for r in range(B):", emit=body)
-        if s.span == "all":
-            self.depth -= 1
+        self.depth -= opened
 
     def visit_Outer(self, s: Outer) -> None:
+        if self.grid:   # one product per run of points along the last axis, added up
+            opened = self.leading(all_axes=False)
+            first = " and ".join(f"tt{k} == 0" for k in range(opened))
+            beta = "1.0" if s.add else f"0.0 if {first} else 1.0"
+            self.line(f"_mtm({s.a.buffer}, {self.first_row(s.a, 'all', True)}, {s.b.buffer}, "
+                      f"{self.first_row(s.b, 'all', True)}, E[{self.k.axes - 1}] * B, {s.grad}, {float(s.coef)!r}, {beta})")
+            self.depth -= opened
+            return
         self.line(f"_mtm({s.a.buffer}, {self.first_row(s.a, 'all')}, {s.b.buffer}, {self.first_row(s.b, 'all')}, "
                   f"T * B, {s.grad}, {float(s.coef)!r}, {1.0 if s.add else 0.0})")
 
@@ -299,6 +375,8 @@ def loops_module(kernel: Kernel, dtype: str, runtime: str) -> tuple[str, list, l
 
 def _rows(rows: tuple) -> str:
     kind, extra = rows
+    if kind == "grid":   # T is then the tuple of extents
+        return " * ".join(f"(T[{k}] + {b + a})" if b + a else f"T[{k}]" for k, (b, a) in enumerate(extra)) + " * B"
     return {"steps": f"(T + {extra}) * B" if extra else "T * B", "ring": f"{extra} * B", "block": "B",
             "blocks": f"{extra} * B", "fixed": str(extra)}[kind]
 
@@ -330,7 +408,9 @@ class Driver:
         seeds = [seed for seed, _, _ in k.seeds.values()]
         self.names = {ir.param(p, shape): f"q_{p}" for p, shape in self.params.items()}
         self.lines = [f"q_{p} = np.reshape(q_{p}, {shape})" for p, shape in self.params.items() if shape]
-        self.lines += ["R = T * B", "inv_B = dtype(1.0 / B)", f"n = np.array({self.sizes}, np.int64)" if self.sizes else "n = np.zeros(1, np.int64)"]
+        if k.axes > 1:   # over a grid, T is the tuple of extents; the loops take it as an array
+            self.lines.append("E = np.array(T, np.int64)")
+        self.lines += ["R = T * B" if k.axes == 1 else "R = int(np.prod(T)) * B", "inv_B = dtype(1.0 / B)", f"n = np.array({self.sizes}, np.int64)" if self.sizes else "n = np.zeros(1, np.int64)"]
         for v, (node, layout) in k.values.items():
             code = self.value(node)
             dt = ", dtype" if flavor == "python" else ""
