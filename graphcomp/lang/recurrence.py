@@ -16,8 +16,13 @@ from ..views.unfold import unfold
 
 
 def _signal_at(name: str, shape: tuple, time):
-    """The sympy form of signal ``name`` at ``time``: ``s(t)`` or the vector ``h(t)``."""
-    return SignalRef(name, time, *shape) if shape else sp.Function(name)(time)
+    """The sympy form of signal ``name`` at ``time``: ``s(t)`` or the vector ``h(t)``; over a
+    grid ``time`` is a point, a ``Tuple`` (i, j, ...)."""
+    return SignalRef(name, time, *shape) if shape else sp.Function(name)(*_args(time))
+
+
+def _args(time) -> tuple:
+    return tuple(time) if isinstance(time, sp.Tuple) else (time,)
 
 
 class Recurrence:
@@ -60,12 +65,20 @@ class Recurrence:
     # ------------------------------------------------------------ equations
     def equations(self) -> list[sp.Eq]:
         """The forward step as written: the updates, then outputs, then the loss L(t)."""
+        here = self._point(self.step.here)
         eqs = [sp.Eq(self._keys[s], e, evaluate=False) for s, e in self._updates.items()]
         for o, e in self._outputs.items():
-            eqs.append(sp.Eq(_signal_at(o, self.step.outputs[o].shape, t), e, evaluate=False))
+            eqs.append(sp.Eq(_signal_at(o, self.step.outputs[o].shape, here), e, evaluate=False))
         if self._loss is not None:
-            eqs.append(sp.Eq(sp.Function(LOSS_NAME)(t), self._loss, evaluate=False))
+            eqs.append(sp.Eq(sp.Function(LOSS_NAME)(*_args(here)), self._loss, evaluate=False))
         return eqs
+
+    def _point(self, offset, shift=None):
+        """``t + offset`` (moved by ``shift``), or over a grid the point (i + offset_i, ...)."""
+        if not self.step.grid:
+            return t + offset + (shift or 0)
+        shift = shift or (0,) * len(offset)
+        return sp.Tuple(*(a + o + k for a, o, k in zip(self.step.axes, offset, shift)))
 
     def latex(self, gradient: bool = True) -> str:
         """The equations (and, unless ``gradient=False``, the derived BPTT equations) in
@@ -95,29 +108,32 @@ class Recurrence:
             for who in [*self.states, LOSS]:
                 for (name, off), node in adj.reads.get(who, {}).items():
                     if name == s:
-                        terms.append(self._sympy(node, -off))
+                        terms.append(self._sympy(node, tuple(-k for k in off) if step.grid else -off))
             rhs = _sum(terms, shape)
             if not shape:   # a ∇s(t+1) (a + b tanh'(...)) reads better than two terms
                 adjoints = [f for f in rhs.atoms(sp.Function) if str(getattr(f, "func", "")).startswith("∇")]
                 rhs = sp.collect(rhs, adjoints) if adjoints else rhs
-            eqs.append(sp.Eq(_signal_at(f"∇{s}", shape, t), rhs, evaluate=False))
-        T = sp.Symbol("T", integer=True, positive=True)
+            eqs.append(sp.Eq(_signal_at(f"∇{s}", shape, self._point(step.here)), rhs, evaluate=False))
+        if step.grid:   # Σ over every point of the grid, each axis up to its extent
+            limits = [(a, 1, sp.Symbol(str(a).upper(), integer=True, positive=True)) for a in step.axes]
+        else:
+            limits = [(t, 1, sp.Symbol("T", integer=True, positive=True))]
         for p, shape in step.params.items():
-            terms = [self._sympy(adj.params[who][p], 0) for who in [*self.states, LOSS]
+            terms = [self._sympy(adj.params[who][p], step.here) for who in [*self.states, LOSS]
                      if p in adj.params.get(who, {})]
             lhs = sp.MatrixSymbol(f"∇{p}", *shape) if shape else sp.Symbol(f"∇{p}")
-            eqs.append(sp.Eq(lhs, sp.Sum(_sum(terms, shape), (t, 1, T)), evaluate=False))
+            eqs.append(sp.Eq(lhs, sp.Sum(_sum(terms, shape), *limits), evaluate=False))
         return eqs
 
-    def _sympy(self, node: ir.Node, shift: int):
-        """An adjoint IR expression as sympy, with every time moved by ``shift``."""
+    def _sympy(self, node: ir.Node, shift):
+        """An adjoint IR expression as sympy, with every time (or grid point) moved by ``shift``."""
         def leaf(n):
             if n.op == "read":
                 name, off = n.attr
-                return _signal_at(name, n.shape, t + off + shift)
+                return _signal_at(name, n.shape, self._point(off, shift))
             if n.op == "param":
                 return sp.MatrixSymbol(n.attr, *n.shape) if n.shape else sp.Symbol(n.attr)
-            return _signal_at(f"∇{n.attr[1]}", n.shape, t + shift)
+            return _signal_at(f"∇{n.attr[1]}", n.shape, self._point(self.step.here, shift))
 
         return ir.to_sympy([node], leaf)[0]
 
