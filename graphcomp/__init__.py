@@ -3,8 +3,8 @@
 Write the step of a recurrent system as sympy equations; graphcomp unfolds it into a DAG,
 derives the gradient by reverse mode over that graph (backpropagation through time) and
 runs it in compiled kernels."""
-from .lang.declare import (child, concat, cross_entropy, elementwise, exp, hadamard, log, mse, ones, param,
-                      relu, sigmoid, signal, t, tanh)
+from .lang.declare import (child, concat, cross_entropy, elementwise, exp, hadamard, log, mse, ones,
+                           over_children, param, relu, sigmoid, signal, t, tanh)
 from .errors import GraphcompError
 from .forecast.generate import generate
 from .forecast.predict import predict, simulate
@@ -19,5 +19,5 @@ __version__ = "0.1.0"
 
 __all__ = ["t", "signal", "param", "Recurrence", "compile", "export", "Kernel", "GraphcompError", "tanh",
            "sigmoid", "relu", "exp", "log", "elementwise", "hadamard", "concat", "mse",
-           "cross_entropy", "ones", "child", "models", "optim", "rtrl", "Trainer", "History", "generate",
+           "cross_entropy", "ones", "child", "over_children", "models", "optim", "rtrl", "Trainer", "History", "generate",
            "simulate", "predict"]

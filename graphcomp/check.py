@@ -25,6 +25,7 @@ class Batch:
     lengths: np.ndarray  # (B,), or over a grid (B, axes): each example's extent
     initial: dict       # name -> (k, B, *shape) for every signal read beyond its boundary
     dtype: np.dtype
+    children: np.ndarray | None = None   # over trees (N, B, K): node v's k-th child, 0 for none
 
     @property
     def valid(self) -> np.ndarray:
@@ -97,9 +98,11 @@ def _names(given, kind: str, required: list, allowed: list, step: Step) -> Mappi
 
 
 def prepare(step: Step, params, inputs, lengths=None, initial=None, *, with_loss: bool,
-            dtype=np.float64, steps: int | None = None, needed: list | None = None) -> Batch:
+            dtype=np.float64, steps: int | None = None, needed: list | None = None, children=None) -> Batch:
     """Validate and convert one call's arrays (see the module docstring)."""
     dtype = np.dtype(dtype)
+    if step.tree or children is not None:
+        return _prepare_tree(step, params, inputs, lengths, initial, with_loss, dtype, needed, children)
     out_params = _params(step, params, dtype)
     if step.grid:
         return _prepare_grid(step, out_params, inputs, lengths, initial, with_loss, dtype, needed)
@@ -285,6 +288,84 @@ def _prepare_grid(step: Step, params: dict, inputs, lengths, initial, with_loss:
         _finite(a, f"initial value of {name!r}")
         batch.initial[name] = a.reshape((1, B) + info.shape)
     return batch
+
+
+def _prepare_tree(step: Step, params: dict, inputs, lengths, initial, with_loss: bool, dtype,
+                  needed: list | None, children) -> Batch:
+    """A tree's arrays: node-major inputs ``(N, B, ...)`` as time-major ones, ``lengths`` each
+    tree's node count, ``children`` ``(N, B, K)`` (node v's k-th child, 0 for none: every child
+    numbered below its parent, one parent each), ``initial`` the value a missing child reads
+    ``(B, ...)``. The input ``has_child`` is filled in: 1 at every node of a tree."""
+    if not step.tree:
+        raise GraphcompError("children= is given but the model reads no child (gc.child(k)); drop children= "
+                             "or write the update over a node's children, like h(gc.child(0))")
+    if children is None:
+        raise GraphcompError(f"the model is a tree recurrence (it reads gc.child(k)): pass children=C, an int array "
+                             f"(N, B, {step.children}) with C[v-1, b, k] the k-th child of node v, 0 for none")
+    from .lang.declare import HAS_CHILD
+    inputs = {} if inputs is None else dict(inputs)
+    if HAS_CHILD in inputs:
+        raise GraphcompError(f"{HAS_CHILD!r} is filled in by graphcomp for a tree model (1 at each node); leave it out")
+    raw = np.asarray(children)
+    if raw.ndim != 3 or not (np.issubdtype(raw.dtype, np.integer) or
+                             (np.issubdtype(raw.dtype, np.floating) and np.all(raw == np.round(raw)))):
+        raise GraphcompError(f"children has shape {_fmt(raw.shape)} of {raw.dtype}; expected integers (N, B, K): "
+                             "C[v-1, b, k] is the k-th child of node v of tree b, 0 for none")
+    N, B, K = raw.shape
+    C = raw.astype(np.int64)
+    if K > step.children and np.any(C[:, :, step.children:]):
+        raise GraphcompError(f"children gives nodes a child in slot {step.children} or beyond, but the model reads "
+                             f"only {step.children} child slot(s) (gc.child(0..{step.children - 1})); declare more or drop them")
+    C = np.concatenate([C[:, :, :step.children], np.zeros((N, B, max(0, step.children - K)), np.int64)], axis=2)
+    shapes = {n: np.shape(a)[:2] for n, a in inputs.items()}
+    if any(s != (N, B) for s in shapes.values()):
+        raise GraphcompError(f"children is {N} nodes by {B} trees but the inputs are {shapes}; node-major arrays "
+                             "(N, B, ...) share their first two axes with children")
+    lens = np.full(B, N, np.int64) if lengths is None else np.asarray(lengths)
+    if lens.shape != (B,) or lens.min() < 1 or lens.max() > N:
+        raise GraphcompError(f"lengths must be ({B},) node counts in 1..{N}, one per tree, got {lengths!r}")
+    lens = lens.astype(np.int64)
+    v = np.arange(1, N + 1)[:, None, None]
+    live = (v <= lens[None, :, None]) & (C != 0)
+    bad = live & ((C >= v) | (C < 0))
+    if bad.any():
+        node, b, k = (int(x) for x in np.argwhere(bad)[0])
+        raise GraphcompError(f"node {node + 1} of tree {b} has child {C[node, b, k]} in slot {k}: a child is numbered "
+                             f"below its parent (1..{node}), so that node order is a topological order")
+    for b in range(B):
+        kids = C[:lens[b], b][C[:lens[b], b] != 0]
+        if kids.size and kids.max() > lens[b]:
+            raise GraphcompError(f"tree {b} has {lens[b]} nodes but names child {kids.max()}: a child outside its tree")
+        seen, counts = np.unique(kids, return_counts=True)
+        if (counts > 1).any():
+            raise GraphcompError(f"node {seen[counts > 1][0]} of tree {b} is the child of two nodes: each node has one "
+                                 "parent in a tree (a DAG that is not a tree is not supported)")
+    C = np.where(v <= lens[None, :, None], C, 0)
+    if HAS_CHILD in step.signals:
+        inputs[HAS_CHILD] = (np.arange(1, N + 1)[:, None] <= lens[None, :]).astype(dtype)
+    tree_initial = {}
+    for name, value in (initial or {}).items():
+        if name not in step.states:
+            raise _unknown("state", name, step.states)
+        info = step.signals[name]
+        a = _array(value, f"initial value of {name!r}", dtype)
+        if a.shape != (B,) + info.array_shape:
+            raise GraphcompError(f"initial value of {name!r} has shape {_fmt(a.shape)}; over a tree it is what a "
+                                 f"missing child reads: ({B}" + "".join(f", {k}" for k in info.array_shape) + ")")
+        _finite(a, f"initial value of {name!r}")
+        tree_initial[name] = a.reshape((1, B) + info.shape)
+    batch = prepare(_as_time(step), params, inputs, lens, None, with_loss=with_loss, dtype=dtype,
+                    needed=None if needed is None else [n for n in needed if n != HAS_CHILD] + (
+                        [HAS_CHILD] if HAS_CHILD in inputs else []))
+    return Batch(batch.T, batch.B, batch.params, batch.inputs, batch.lengths, tree_initial, dtype, C)
+
+
+def _as_time(step: Step) -> Step:
+    """A tree step seen as a time recurrence, for checking its node-major inputs as time-major."""
+    import dataclasses
+    signals = {n: dataclasses.replace(i, offsets=tuple(o for o in i.offsets if isinstance(o, int)) or (0,))
+               for n, i in step.signals.items()}
+    return dataclasses.replace(step, signals=signals)
 
 
 BATCH_FIRST = "; for batch-major arrays (B, T, ...) pass batch_first=True"

@@ -50,22 +50,23 @@ class Kernel:
     def __repr__(self) -> str:
         return f"<graphcomp kernel: backend={self.backend!r}, dtype={self.dtype.name}>"
 
-    def prepare(self, params, inputs, lengths=None, initial=None, steps=None, *, with_loss: bool) -> Batch:
+    def prepare(self, params, inputs, lengths=None, initial=None, steps=None, *, with_loss: bool,
+                children=None) -> Batch:
         """Check one call's arrays and convert them to the back end's layout (a ``Batch``).
         The NumPy backends compute in float64 and round results to the kernel's dtype."""
         dtype = getattr(self.impl, "dtype", np.float64)
         if with_loss not in self._needed:
             self._needed[with_loss] = self.program.inputs_needed(with_loss)
         return prepare(self.program, params, inputs, lengths, initial, with_loss=with_loss, steps=steps,
-                       dtype=dtype, needed=self._needed[with_loss])
+                       dtype=dtype, needed=self._needed[with_loss], children=children)
 
     def forward(self, params: dict, inputs: dict | None = None, lengths=None, initial: dict | None = None,
-                *, steps: int | None = None, batch_first: bool = False) -> dict:
+                *, steps: int | None = None, batch_first: bool = False, children=None) -> dict:
         """Outputs and states, each ``(T, B, ...)`` under its name. Past a sequence's length a
         forward state keeps its last value and an output is zero. ``batch_first=True``: the
         inputs and results are batch-major ``(B, T, ...)`` (``initial`` keeps its layout)."""
         inputs = time_major(self.program, inputs, batch_first)
-        batch = self.prepare(params, inputs, lengths, initial, steps, with_loss=False)
+        batch = self.prepare(params, inputs, lengths, initial, steps, with_loss=False, children=children)
         with np.errstate(all="ignore"), _compile_errors():   # overflow is reported below, in the user's names
             states, outputs = self.impl.forward(batch)
         _check_finite(self.program, batch, states)
@@ -122,7 +123,7 @@ class Kernel:
     def loss_and_grad(self, params: dict, inputs: dict | None = None, lengths=None,
                       initial: dict | None = None, *, steps: int | None = None, method: str = "bptt",
                       final_cotangents: dict | None = None, with_initial: bool = False, batch_first: bool = False,
-                      **options) -> tuple:
+                      children=None, **options) -> tuple:
         """The loss L = (1/B) Σ_b Σ_{t ≤ len_b} L_b(t) and its gradient w.r.t. every parameter,
         keyed and shaped like ``params``.
 
@@ -143,7 +144,7 @@ class Kernel:
                                      "for final_cotangents or with_initial use 'bptt' or 'checkpoint'")
             from .grad.rtrl import loss_and_grad as rtrl
             return rtrl(self, params, inputs, lengths, initial)
-        batch = self.prepare(params, inputs, lengths, initial, steps, with_loss=True)
+        batch = self.prepare(params, inputs, lengths, initial, steps, with_loss=True, children=children)
         seeds = None
         if final_cotangents is not None or with_initial:
             backward = [s for s in self.program.states if self.program.signals[s].direction < 0]

@@ -46,11 +46,23 @@ class LoopBackend:
         def leaf(node):
             if node.op == "read":
                 name, off = node.attr
+                if _is_child(off):
+                    return self._child(batch, ext[name], pre[name], name, t, off[1])
                 return ext[name][at(t, off, pre[name])]
             if node.op == "param":
                 return batch.params[node.attr]
             return seeds[node]
         return leaf
+
+    @staticmethod
+    def _child(batch, timeline, pre, name, t, k):
+        """Each tree's node t's k-th child's value (B, ...): a gather; a missing child reads
+        zeros, or ``initial``."""
+        rows = batch.children[t - 1, :, k] - 1
+        out = timeline[pre + np.maximum(rows, 0), np.arange(batch.B)].copy()
+        init = batch.initial.get(name)
+        out[rows < 0] = 0 if init is None else init[0][rows < 0]
+        return out
 
     def _eval(self, roots, leaf) -> dict:
         roots = tuple(roots)
@@ -114,7 +126,13 @@ class LoopBackend:
                 reads = {**reads, **{(n, off): g for (n, off), g in delayed[who].items() if t + off <= 0}}
             vals = self._eval([*reads.values(), *params.values()], leaf)
             for (name, off), node in reads.items():
-                cot[name][at(t, off, pre[name])] += _weighted(_per_example(vals[node], node, B), w)
+                value = _weighted(_per_example(vals[node], node, B), w)
+                if _is_child(off):   # scatter to each tree's node t's k-th child, if it has one
+                    rows = batch.children[t - 1, :, off[1]] - 1
+                    b = np.flatnonzero(rows >= 0)
+                    np.add.at(cot[name], (pre[name] + rows[b], b), value[b])
+                    continue
+                cot[name][at(t, off, pre[name])] += value
             for p, node in params.items():
                 grads[p] += (_weighted(vals[node], w).sum(0) if node.batched else vals[node] * w.sum())
 
@@ -139,6 +157,10 @@ class LoopBackend:
         return loss, grads, initial
 
 
+def _is_child(offset) -> bool:
+    return isinstance(offset, tuple) and offset[:1] == ("child",)
+
+
 def _index(point):
     """The index of a step (or grid point) in an array without margins."""
     return tuple(k - 1 for k in point) if isinstance(point, tuple) else point - 1
@@ -152,7 +174,7 @@ def _here(point):
 def _delayed_inputs(step: Step) -> dict:
     """Per consumer (as in ``Adjoint``), the cotangents it sends to inputs read at t - k: the
     gradient w.r.t. their initial values, which the kernels treat as data (time only)."""
-    if step.grid:
+    if step.grid or step.tree:
         return {}
     consumers = {s: (node, grad_var(s, node.shape)) for s, node in step.updates.items()}
     if step.loss is not None:
@@ -175,7 +197,7 @@ class UnfoldedBackend:
         self.step = step
         self._graphs = {}
 
-    def _graph(self, steps: int):
+    def _graph(self, steps):
         if steps not in self._graphs:
             self._graphs[steps] = unfold(self.step, steps)
         return self._graphs[steps]
@@ -183,7 +205,7 @@ class UnfoldedBackend:
     def _boundary(self, batch: Batch, idx, name: str, time, length):
         info = self.step.signals[name]
         init, k = batch.initial.get(name), info.history
-        if self.step.grid:   # one value outside the grid, or zeros
+        if self.step.grid or self.step.tree:   # one value outside the grid (or for a missing child), or zeros
             return init[0][idx] if init is not None else np.zeros((len(idx),) + info.shape)
         row = k + time - 1 if time < 1 and info.direction > 0 else time - length - 1 if time > length and info.direction < 0 else None
         if init is not None and row is not None and 0 <= row < k:
@@ -191,6 +213,9 @@ class UnfoldedBackend:
         return np.zeros((len(idx),) + info.shape)
 
     def _groups(self, batch: Batch):
+        if self.step.tree:   # one DAG per tree
+            yield from self._trees(batch)
+            return
         grid = self.step.grid
         keys = np.unique(batch.lengths, axis=0) if grid else np.unique(batch.lengths)
         for key in keys:
@@ -208,6 +233,22 @@ class UnfoldedBackend:
                 return batch.inputs[attrs["name"]][_index(attrs["time"])][idx]
 
             yield length, idx, graph, evaluate(graph, leaf)
+
+    def _trees(self, batch: Batch):
+        for b in range(batch.B):
+            n, idx = int(batch.lengths[b]), np.array([b])
+            graph = unfold(self.step, n, batch.children[:n, b])
+
+            def leaf(nid, attrs, idx=idx, n=n):
+                if attrs["kind"] == "param":
+                    return batch.params[attrs["name"]]
+                if attrs.get("initial"):
+                    return self._boundary(batch, idx, attrs["name"], attrs["time"], n)
+                if attrs["name"] not in batch.inputs:
+                    return np.zeros((1,) + attrs["shape"])
+                return batch.inputs[attrs["name"]][attrs["time"] - 1][idx]
+
+            yield n, idx, graph, evaluate(graph, leaf)
 
     def _points(self, extents):
         if self.step.grid:

@@ -83,9 +83,12 @@ def _align(value: np.ndarray, node: Node, out: Node) -> np.ndarray:
 # ---------------------------------------------------------------- node constructors
 
 def read(name: str, offset, shape: Shape) -> Node:
-    """The value of signal ``name`` at ``t + offset`` (over a grid, ``offset`` is one integer
-    per axis)."""
-    offset = tuple(int(k) for k in offset) if isinstance(offset, tuple) else int(offset)
+    """The value of signal ``name`` at ``t + offset``; over a grid ``offset`` is one integer per
+    axis, at a tree node's k-th child it is ("child", k)."""
+    if isinstance(offset, tuple) and offset[:1] == ("child",):
+        offset = ("child", int(offset[1]))
+    else:
+        offset = tuple(int(k) for k in offset) if isinstance(offset, tuple) else int(offset)
     return Node("read", (), (name, offset), tuple(shape), True)
 
 
@@ -331,6 +334,8 @@ class Read(Op):
 
     def label(self, node):
         name, offset = node.attr
+        if isinstance(offset, tuple) and offset[0] == "child":
+            return f"{name}(child{offset[1]})"
         if isinstance(offset, tuple):
             return f"{name}({', '.join(f'{k:+d}' if k else '0' for k in offset)})"
         return f"{name}(t{offset:+d})" if offset else f"{name}(t)"

@@ -341,9 +341,49 @@ def param(name: str, rows: int | None = None, cols: int | None = None):
     return MatrixSymbol(name, rows, 1 if cols is None else _size(name, "parameter", cols))
 
 
-def child(k: int):
-    """The k-th child of a tree node: trees are not supported yet."""
-    raise GraphcompError(f"gc.child({k}): {TIME_ONLY}; write the update over gc.t, reading h(t-1)")
+class Child(sp.Symbol):
+    """The k-th child of the current node of a tree: ``h(gc.child(0))`` reads h there."""
+
+    def __new__(cls, k):
+        k = int(str(k)[5:]) if isinstance(k, str) else k   # sympy rebuilds a symbol from its name
+        node = sp.Symbol.__new__(cls, f"child{k}", integer=True)
+        node.k = k
+        return node
+
+    def __getnewargs_ex__(self):
+        return (self.k,), {}
+
+    def _latex(self, printer) -> str:
+        return f"c_{{{self.k}}}(t)"
+
+
+HAS_CHILD = "has_child"   # the input a tree kernel fills: 1 where a node's child k exists, else 0
+
+
+def child(k: int) -> Child:
+    """The k-th child of a tree node (k = 0, 1, ...): a recurrence over trees reads its
+    children's states as ``h(gc.child(k))`` and the node's own values at ``t``. A node with
+    no k-th child reads zeros there (or ``initial``)."""
+    if not (isinstance(k, int) and not isinstance(k, bool) and k >= 0):
+        raise GraphcompError(f"gc.child({k!r}): a child slot is an integer k >= 0 (0 for the first child)")
+    return Child(k)
+
+
+def over_children(fn, most: int):
+    """The sum over a node's children (up to ``most`` of them) of ``fn(c)``, where ``c`` is
+    one child (read a signal there as ``h(c)``): a node with fewer children sums fewer terms.
+    The child-sum Tree-LSTM writes its ``Σ_k f_k ⊙ c(k)`` and ``Σ_k h(k)`` with it."""
+    if not (isinstance(most, int) and not isinstance(most, bool) and most >= 1):
+        raise GraphcompError(f"over_children(..., most={most!r}): give the largest number of children a node "
+                             "has (the children array's last axis), a positive integer")
+    terms = []
+    for k in range(most):
+        term = sp.sympify(fn(Child(k)))
+        terms.append(sp.Function(HAS_CHILD)(Child(k)) * term)
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
 
 
 # ---------------------------------------------------------------- elementwise functions

@@ -10,7 +10,7 @@ import sympy as sp
 
 from .. import ir
 from ..ir.autodiff import LOSS, adjoint
-from .declare import SignalRef, t
+from .declare import Child, SignalRef, t
 from .step import LOSS_NAME, build
 from ..views.unfold import unfold
 
@@ -74,7 +74,17 @@ class Recurrence:
         return eqs
 
     def _point(self, offset, shift=None):
-        """``t + offset`` (moved by ``shift``), or over a grid the point (i + offset_i, ...)."""
+        """``t + offset`` (moved by ``shift``), or over a grid the point (i + offset_i, ...). In
+        a tree, ``shift`` ("child", k) moves to the parent p(t) of a node that is its k-th child."""
+        if isinstance(shift, tuple) and shift[0] == "child":
+            parent = sp.Function("p")(t)
+            if offset == shift:
+                return t
+            if isinstance(offset, tuple):
+                return sp.Function(f"c{offset[1]}")(parent)
+            return parent + offset
+        if isinstance(offset, tuple) and offset[0] == "child":
+            return Child(offset[1])
         if not self.step.grid:
             return t + offset + (shift or 0)
         shift = shift or (0,) * len(offset)
@@ -107,7 +117,11 @@ class Recurrence:
             terms = []
             for who in [*self.states, LOSS]:
                 for (name, off), node in adj.reads.get(who, {}).items():
-                    if name == s:
+                    if name != s:
+                        continue
+                    if isinstance(off, tuple) and off[0] == "child":   # sent by the parent, if t is its k-th child
+                        terms.append(sp.Function(f"is_child{off[1]}")(t) * self._sympy(node, off))
+                    else:
                         terms.append(self._sympy(node, tuple(-k for k in off) if step.grid else -off))
             rhs = _sum(terms, shape)
             if not shape:   # a ∇s(t+1) (a + b tanh'(...)) reads better than two terms

@@ -14,7 +14,7 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from .. import ir
-from .declare import TIME_ONLY, CrossEntropy, MeanSquaredError, SignalRef, misapplied, t, undefined
+from .declare import HAS_CHILD, TIME_ONLY, Child, CrossEntropy, MeanSquaredError, SignalRef, misapplied, t, undefined
 from ..errors import GraphcompError
 from ..ir import X, Node
 
@@ -44,7 +44,7 @@ class SignalInfo:
         the first step and after the last. Over a grid: one such pair per axis."""
         if isinstance(self.direction, tuple):
             return tuple(_margins([o[k] for o in self.offsets]) for k in range(len(self.direction)))
-        return _margins(self.offsets)
+        return _margins([o for o in self.offsets if isinstance(o, int)])   # a child read needs no margin
 
     @property
     def history(self) -> int:
@@ -83,6 +83,16 @@ class Step:
     def grid(self) -> bool:
         """Over two or more axes (a read's offset is then a tuple, one entry per axis)."""
         return len(self.axes) > 1
+
+    @property
+    def tree(self) -> bool:
+        """Over trees: some signal is read at a child (a read's offset is then ("child", k))."""
+        return self.children > 0
+
+    @property
+    def children(self) -> int:
+        """The child slots a tree model reads (1 + the largest k of ``gc.child(k)``), else 0."""
+        return 1 + max((o[1] for i in self.signals.values() for o in i.offsets if _is_child(o)), default=-1)
 
     @property
     def here(self):
@@ -163,8 +173,17 @@ def _time_offset(arg, shown, where: str) -> int:
     return int(k)
 
 
+def _is_child(offset) -> bool:
+    return isinstance(offset, tuple) and len(offset) == 2 and offset[0] == "child"
+
+
 def _point_offset(args: tuple, axes: tuple, shown, where: str):
-    """A read's offset: the k of ``t + k``, or over a grid the tuple of each axis's constant."""
+    """A read's offset: the k of ``t + k``, over a grid the tuple of each axis's constant, at a
+    tree node's k-th child ("child", k)."""
+    if len(args) == 1 and isinstance(args[0], Child):
+        if len(axes) > 1:
+            raise GraphcompError(f"{shown} in {where}: a grid's signals are read at points, not at children")
+        return ("child", args[0].k)
     if len(axes) == 1:
         if len(args) != 1:
             raise GraphcompError(f"{shown} in {where}: the model's updates are over time t alone, so a "
@@ -182,6 +201,11 @@ def _point_offset(args: tuple, axes: tuple, shown, where: str):
                                  f"read each axis at itself plus a constant, like {_name(shown)}({names}) with {axis}-1")
         out.append(int(k))
     return tuple(out)
+
+
+def _order(offset):
+    """Offsets in order: times, then children by slot."""
+    return (1, offset[1]) if _is_child(offset) else (0, offset)
 
 
 def _name(e) -> str:
@@ -421,10 +445,10 @@ def build(updates: Mapping, outputs: Mapping | None = None, loss=None) -> Step:
     signals = {}
     for sw in sweeps:
         for s in sw.states:
-            signals[s] = SignalInfo(s, "state", lhs[s], tuple(sorted(low.offsets[s])), direction[s])
+            signals[s] = SignalInfo(s, "state", lhs[s], tuple(sorted(low.offsets[s], key=_order)), direction[s])
     for name, shape in low.signals.items():
         if name not in signals and name not in outs:
-            signals[name] = SignalInfo(name, "input", shape, tuple(sorted(low.offsets[name])),
+            signals[name] = SignalInfo(name, "input", shape, tuple(sorted(low.offsets[name], key=_order)),
                                        1 if len(axes) == 1 else (1,) * len(axes))
     return Step(signals, dict(low.params), new, outs, loss_node, tuple(sweeps), axes)
 
@@ -492,6 +516,9 @@ def _direction(reads: nx.DiGraph, states: set, axes: tuple = (t,), quiet: bool =
     past, future = [], []
     for u, v, d in reads.subgraph(states).edges(data=True):
         for off in d["offsets"]:
+            if _is_child(off):   # a child is computed before its parent
+                past.append(f"{v}(t) reads {u}(child{off[1]})")
+                continue
             (past if off < 0 else future if off > 0 else []).append(f"{v}(t) reads {u}(t{off:+d})")
     if past and future:
         if quiet:

@@ -20,10 +20,24 @@ from ..lang.step import LOSS_NAME, Step
 from ..layout import cells
 
 
-def unfold(step: Step, steps) -> nx.DiGraph:
+def unfold(step: Step, steps, children=None) -> nx.DiGraph:
     """The DAG of ``steps`` applications of the step; it grows linearly with ``steps``. Over a
-    grid, ``steps`` is the extent of each axis and a node's ``time`` is its point (i, j, ...)."""
-    if step.grid:
+    grid, ``steps`` is the extent of each axis and a node's ``time`` is its point (i, j, ...).
+    Over a tree, ``children`` (N, K) gives each node's children (0 for none) and ``steps`` its
+    node count; a missing child is an ``initial`` node whose time is ("none", v, k)."""
+    if step.tree:
+        if children is None or np.ndim(children) != 2:
+            raise GraphcompError("a tree model unfolds over one tree: pass children, an int array (N, K) with "
+                                 "children[v-1, k] the k-th child of node v (0 for none)")
+        kids = np.asarray(children)
+        points, inside = range(1, steps + 1), lambda p: isinstance(p, int) and 1 <= p <= steps
+
+        def shifted(p, off):
+            if isinstance(off, tuple):
+                c = int(kids[p - 1, off[1]]) if off[1] < kids.shape[1] else 0
+                return c if c else ("none", p, off[1])
+            return p + off
+    elif step.grid:
         if not (isinstance(steps, tuple) and len(steps) == len(step.axes) and all(map(is_count, steps))):
             raise GraphcompError(f"a grid over ({', '.join(map(str, step.axes))}) unfolds over a tuple of "
                                  f"{len(step.axes)} positive extents, like ({', '.join(['3'] * len(step.axes))}); got {steps!r}")
