@@ -73,7 +73,7 @@ class Kernel:
         result, lead = {}, (batch.T if self.program.grid else (batch.T,)) + (batch.B,)
         for s, a in states.items():
             info = self.program.signals[s]
-            if self.program.grid:   # outside an example's extent: zero
+            if self.program.grid or self.program.tree:   # outside an example's extent (its tree): zero
                 a = np.where(_expand(batch.valid, a), a, 0)
             elif info.direction > 0:   # a forward state stops changing past its sequence's end
                 last = a[batch.lengths - 1, np.arange(batch.B)]

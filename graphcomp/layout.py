@@ -122,3 +122,47 @@ def timelines(step: Step, batch: Batch, flat: bool = False, dtype=np.float64,
     return ext, pre
 
 
+
+
+def tree_levels(children: np.ndarray, lengths: np.ndarray) -> tuple:
+    """The order the compiled kernels visit a minibatch of trees: every node of height 0 (the
+    leaves of all trees), then height 1, ...; nodes of one height are independent. Returns the
+    nodes in that order (node indices 0-based, their trees), the first row of each height and
+    the row of each node's k-th child ((K, R); a missing child is row R + b, tree b's extra row)."""
+    N, B, K = children.shape
+    height = np.zeros((N, B), np.int64)
+    for v in range(N):   # children are numbered below their parents
+        kids = children[v]
+        known = np.where(kids > 0, height[np.maximum(kids - 1, 0), np.arange(B)[:, None]] + 1, 0)
+        height[v] = known.max(axis=1, initial=0)
+    live = np.arange(1, N + 1)[:, None] <= lengths[None, :]
+    nodes, trees = np.nonzero(live)
+    order = np.lexsort((nodes, trees, height[nodes, trees]))
+    nodes, trees = nodes[order], trees[order]
+    R = len(nodes)
+    row = np.full((N, B), -1, np.int64)
+    row[nodes, trees] = np.arange(R)
+    counts = np.bincount(height[nodes, trees])
+    levels = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    kids = children[nodes, trees]                                    # (R, K)
+    child = np.where(kids > 0, row[np.maximum(kids - 1, 0), trees[:, None]], R + trees[:, None])
+    return nodes, trees, levels, np.ascontiguousarray(child.T)
+
+
+def tree_timelines(step: Step, batch: Batch, nodes: np.ndarray, trees: np.ndarray, flat: bool = True,
+                   dtype=np.float64) -> dict:
+    """Every signal of a tree model in the kernels' order (``tree_levels``): R rows, then one
+    row per tree holding what its missing children read (zeros, or ``initial``)."""
+    ext = {}
+    for name, info in step.signals.items():
+        if info.role == "input" and name not in batch.inputs:
+            continue
+        shape = info.array_shape if flat else info.shape
+        buf = np.zeros((len(nodes) + batch.B,) + shape, dtype)
+        if info.role == "input":
+            buf[:len(nodes)] = batch.inputs[name].reshape(batch.inputs[name].shape[:2] + shape)[nodes, trees]
+        init = batch.initial.get(name)
+        if init is not None:
+            buf[len(nodes):] = init.reshape((batch.B,) + shape)
+        ext[name] = buf
+    return ext

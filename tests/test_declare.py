@@ -158,11 +158,13 @@ def test_matrix_operators_that_mean_an_elementwise_one():
         h(t) + "a"
 
 
-def test_a_signal_at_a_grid_point_and_trees_not_yet():
+def test_a_signal_at_a_grid_point_or_at_a_child():
     i, j = sp.symbols("i j", integer=True)
     assert h(i - 1, j).point == (i - 1, j) and str(h(i - 1, j)) == "h(i - 1, j)"
     with err(r"signal 'h' needs its time, like h\(t-1\), or a point of a grid, like h\(i-1, j\)"):
         h()
-    with err(r"gc.child\(0\): graphcomp supports recurrences over the time index gc.t and over grids of two "
-             r"or more axes for now \(trees are planned\)"):
-        gc.child(0)
+    assert h(gc.child(1)).point == (gc.child(1),) and str(h(gc.child(1))) == "h(child1)"
+    with err(r"gc.child\(-1\): a child slot is an integer k >= 0 \(0 for the first child\)"):
+        gc.child(-1)
+    with err(r"over_children\(..., most=0\): give the largest number of children a node has"):
+        gc.over_children(lambda c: h(c), most=0)

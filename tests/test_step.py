@@ -220,8 +220,8 @@ def test_an_undefined_function_is_not_mistaken_for_a_signal():
 
 def test_time_and_grid_axes():
     i, j = sp.symbols("i j", integer=True)
-    axes = (r"graphcomp supports recurrences over the time index gc.t and over grids of two or more "
-            r"axes for now \(trees are planned\)")
+    axes = (r"a recurrence runs over the time index gc.t, over a grid of two or more axes \(h\(i, j\)\), "
+            r"or over trees \(h\(gc.child\(k\)\)\)")
     grid = gc.Recurrence({s(i, j): s(i - 1, j) + s(i, j - 1) + x(i, j)})
     assert grid.step.axes == (i, j) and grid.step.signals["s"].offsets == ((-1, 0), (0, -1))
     with err(r"s\(t - 1, j\) in the update of s: the model's updates are over time t alone, so a signal "

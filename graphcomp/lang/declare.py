@@ -17,8 +17,8 @@ from ..errors import GraphcompError
 t = sp.Symbol("t", integer=True)
 """The time index. Signals are read at ``t`` plus an integer constant."""
 
-TIME_ONLY = ("graphcomp supports recurrences over the time index gc.t and over grids of two or "
-             "more axes for now (trees are planned)")
+TIME_ONLY = ("a recurrence runs over the time index gc.t, over a grid of two or more axes "
+             "(h(i, j)), or over trees (h(gc.child(k)))")
 
 
 # ---------------------------------------------------------------- checked matrix arithmetic

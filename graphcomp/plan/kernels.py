@@ -25,7 +25,9 @@ LOSS_SEED = ir.var(("grad", LOSS), ())   # the loss's weight per row: 1/B while 
 
 def _behind(offset, direction) -> bool:
     """Is a read at ``offset`` of a step already processed by a backward loop sweeping against
-    ``direction`` (or at the same step)? Over a grid, on every axis."""
+    ``direction`` (or at the same step)? Over a grid, on every axis; a tree's child, never."""
+    if isinstance(offset, tuple) and offset[:1] == ("child",):
+        return False
     if isinstance(offset, tuple):
         return all(o * d <= 0 for o, d in zip(offset, direction))
     return offset * direction <= 0
@@ -137,7 +139,7 @@ class Plans:
         shape = self.step.signals[name].shape
         w = None if shape == () else length(shape)
         margins = self.margins[name]
-        before = tuple(m[0] for m in margins) if self.step.grid else margins[0]
+        before = tuple(m[0] for m in margins) if self.step.grid else 0 if self.step.tree else margins[0]
         if role == "cot" and name in self.rings:
             return Place(b.buffer("cot", ("ring", self.rings[name]), w, zero=True, name=f"d{name}_"), offset)
         if role == "cot":
@@ -172,7 +174,7 @@ class Plans:
         """States whose cotangents only their own backward loop sends: a ring of K steps' rows
         (K = the largest delay + 1) instead of a timeline over all steps (not over a grid)."""
         adj, step = self.adjoint, self.step
-        if step.grid:
+        if step.grid or step.tree:
             return {}
         writers: dict = {s: set() for s in step.states}
         window: dict = {s: 1 for s in step.states}
@@ -305,7 +307,7 @@ class Plans:
         out = []
         for sweep, mapping in zip(self.step.sweeps, sweeps):
             # past its end: zero, or its boundary values; over a grid, what outside points hold
-            guard = "keep" if self.step.grid or sweep.direction < 0 else "zero"
+            guard = "keep" if self.step.grid or self.step.tree or sweep.direction < 0 else "zero"
             sinks = [Sink(mapping[self.step.updates[s]], self.timeline(b, s, 0), "=", guard) for s in sweep.states]
             sinks += [Sink(mapping[n], place, "=", "zero") for n, place in tapes.items() if n in mapping]
             out.append(self._steps(b, sweep.direction, sinks, known, ", ".join(f"{s}(t)" for s in sweep.states)))
@@ -313,12 +315,12 @@ class Plans:
 
     def _finish(self, b: Builder, name: str, signals: list, body: list, **results) -> Kernel:
         k = Kernel(name, tuple(signals), dict(b.values), tuple(b.buffers.values()), tuple(body),
-                   axes=len(self.step.axes), **results)
+                   axes=len(self.step.axes), tree=self.step.children, **results)
         check(k)
         return k
 
     def forward(self) -> Kernel:
-        step, b = self.step, Builder(len(self.step.axes))
+        step, b = self.step, Builder(len(self.step.axes), self.step.tree)
         sweeps, dep = self._sweeps(), self._depends_on_state()
         reads = set(step.updates) | {n.attr[0] for n in ir.toposort(step.roots(with_loss=False)) if n.op == "read"}
         signals = [n for n in step.signals if n in reads]
@@ -335,7 +337,7 @@ class Plans:
         return self._finish(b, "forward", signals, body, outputs=outs)
 
     def loss_and_grad(self, seeded: bool = False) -> Kernel:
-        step, adj, b = self.step, self.adjoint, Builder(len(self.step.axes))
+        step, adj, b = self.step, self.adjoint, Builder(len(self.step.axes), self.step.tree)
         sweeps, dep = self._sweeps(), self._depends_on_state()
         signals = list(step.signals)
         for n in signals:
@@ -363,7 +365,7 @@ class Plans:
         for k, (sweep, sinks, contributions) in enumerate(backward):   # the adjoint step, backwards in time
             sinks = sinks + ([loss_sink] if self.fuse_loss and k == 0 else [])
             rings = [self.timeline(b, s, 0, "cot") for s in sweep.states if s in self.rings]
-            mine = [s for s in sweep.states if sweep.direction > 0] if seeded and not step.grid else []
+            mine = [s for s in sweep.states if sweep.direction > 0] if seeded and not (step.grid or step.tree) else []
             back = tuple(-d for d in sweep.direction) if step.grid else -sweep.direction
             body.append(self._steps(b, back, sinks, weight, ", ".join(f"∇{s}(t)" for s in sweep.states),
                                     gradients, contributions, rings, mine))

@@ -209,6 +209,7 @@ class Kernel:
     outputs: dict = field(default_factory=dict)
     seeds: dict = field(default_factory=dict)   # state -> (seed buffer, cot buffer, k)
     axes: int = 1                                # 1 over time, else a grid's axes
+    tree: int = 0                                # over trees: the child slots read, else 0
 
     def buffer(self, name: str) -> Buffer:
         return next(b for b in self.buffers if b.name == name)
@@ -218,6 +219,8 @@ class Kernel:
 
 
 def _shift(k) -> str:
+    if isinstance(k, tuple) and k[:1] == ("child",):
+        return f"child{k[1]}"
     return f"t{k:+d}" if isinstance(k, int) else "(" + ",".join(f"{d:+d}" for d in k) + ")"
 
 

@@ -77,8 +77,8 @@ class Builder:
     """The memory and names of one kernel under construction: buffers, the unbatched values
     the driver computes, and fresh local names."""
 
-    def __init__(self, axes: int = 1):
-        self.axes = axes
+    def __init__(self, axes: int = 1, tree: bool = False):
+        self.axes, self.tree = axes, tree
         self.buffers: dict[str, Buffer] = {}
         self.values: dict[str, tuple] = {}    # name -> (node, layout)
         self._names: dict[tuple, str] = {}
@@ -103,13 +103,16 @@ class Builder:
     def everywhere(self, margins=None) -> tuple:
         """The rows of a buffer over every step (and ``margins``): ("steps", before + after),
         or over a grid ("grid", ((before, after) per axis))."""
+        if self.tree:   # a timeline's B rows after the nodes: what each tree's missing children read
+            return ("nodes", 1 if margins is not None else 0)
         if self.axes == 1:
             return ("steps", sum(margins or (0, 0)))
         return ("grid", tuple(margins or ((0, 0),) * self.axes))
 
     def over_steps(self, place: Place) -> bool:
         """Does the place's buffer hold every step's rows (a timeline, tape, factor)?"""
-        return self.buffers[place.buffer].rows[0] in ("steps", "grid")
+        return self.buffers[place.buffer].rows[0] in ("steps", "grid", "nodes") and not (
+            isinstance(place.shift, tuple) and place.shift[:1] == ("child",))
 
     def value(self, node: Node, layout: str | None = None) -> str:
         """The name of an unbatched value: a parameter ``p_<name>``, or one computed from them.
@@ -262,7 +265,7 @@ class Region:
         when that fits, else a temporary."""
         stores: dict = {}
         for s in sinks:
-            if s.op == "=" and s.place is not None and self.b.buffers[s.place.buffer].rows[0] in ("steps", "grid", "ring"):
+            if s.op == "=" and s.place is not None and self.b.buffers[s.place.buffer].rows[0] in ("steps", "grid", "nodes", "ring"):
                 stores.setdefault(s.node, []).append(s)
         self.parts: dict = {}     # part -> [(concat, offset)]
         for n in self.order:

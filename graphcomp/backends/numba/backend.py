@@ -17,7 +17,7 @@ import numba
 import numpy as np
 
 from ...check import Batch
-from ...layout import interior, lengths32, step_rows, timelines
+from ...layout import interior, lengths32, step_rows, timelines, tree_levels, tree_timelines
 from ...plan.kernels import Plans
 from ...plan.nodes import Kernel as Plan
 from ...plan.region import Unsupported
@@ -165,7 +165,10 @@ class NumbaBackend:
         initial = {} if grid else {n: np.zeros((i.history, B) + i.shape, self.dtype)
                                    for n, i in self.step.signals.items() if i.history}
         lengths = np.ones((B, len(T)) if grid else B, np.int64)
-        batch = Batch(T, B, params, inputs, lengths, initial, self.dtype)
+        children = np.zeros((1, B, self.step.children), np.int64) if self.step.tree else None
+        if self.step.tree:
+            initial = {}
+        batch = Batch(T, B, params, inputs, lengths, initial, self.dtype, children)
         if self.step.loss is not None:
             self.loss_and_grad(batch)
         else:
@@ -186,18 +189,24 @@ class NumbaBackend:
         """The driver's arguments: sizes, lengths, the calling thread's workspace, each
         signal's timeline as (rows, n), then the parameters (IR shapes)."""
         k = self.kernel(name)
-        reuse = self._mine.timelines.setdefault(name, {}) if name != "forward" else None
-        ext, pre = timelines(self.step, batch, flat=True, dtype=self.dtype, reuse=reuse)
-        need = max(k.work_size(batch.T, batch.B), 1)
+        if self.step.tree:
+            nodes, trees, levels, child = tree_levels(batch.children, batch.lengths)
+            ext, pre = tree_timelines(self.step, batch, nodes, trees, dtype=self.dtype), (nodes, trees)
+            T, topology = len(nodes), [levels, child]
+        else:
+            reuse = self._mine.timelines.setdefault(name, {}) if name != "forward" else None
+            ext, pre = timelines(self.step, batch, flat=True, dtype=self.dtype, reuse=reuse)
+            T, topology = batch.T, []
+        need = max(k.work_size(T, batch.B), 1)
         work = self._mine.work.get(name)
         if work is None or work.size < need:
             work = self._mine.work[name] = np.full(need, np.nan, self.dtype) if self.poison else np.empty(need, self.dtype)
-        args = [batch.T, batch.B, lengths32(batch.lengths), work]
+        args = [T, batch.B, lengths32(batch.lengths), work, *topology]
         for s in k.plan.signals:
             a = ext.get(s)
             shape = self.step.signals[s].array_shape
             if a is None:   # forward() without the loss's targets: never read
-                a = np.zeros(_lead(batch) + (batch.B,) + shape, self.dtype)
+                a = np.zeros(((T + batch.B,) if self.step.tree else _lead(batch) + (batch.B,)) + shape, self.dtype)
             args.append(np.ascontiguousarray(a.reshape((-1,) + shape), dtype=self.dtype))
             ext[s] = args[-1]
         args += [np.asarray(batch.params[p], self.dtype) for p in self.step.params]
@@ -213,6 +222,14 @@ class NumbaBackend:
         k, args, ext, pre = self._arguments("forward", batch)
         outs = self._call(k, args)
         B, lead = batch.B, _lead(batch)
+        if self.step.tree:   # back from the kernels' order to node-major (N, B, ...)
+            nodes, trees = pre
+            def back(a, shape):
+                out = np.zeros((batch.T, B) + shape, self.dtype)
+                out[nodes, trees] = a[:len(nodes)].reshape((len(nodes),) + shape)
+                return out
+            return ({s: back(ext[s], self.step.signals[s].shape) for s in self.step.states},
+                    {o: back(outs[o], node.shape) for o, node in self.step.outputs.items()})
         states = {}
         for s in self.step.states:
             margins = self.step.signals[s].margins

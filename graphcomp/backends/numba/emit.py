@@ -62,6 +62,11 @@ def sizes(kernel: Kernel) -> dict:
     return names
 
 
+def _child(place: Place) -> bool:
+    """Is the place a tree node's child (rows gathered through ``child``)?"""
+    return isinstance(place.shift, tuple) and place.shift[:1] == ("child",)
+
+
 def _t(k: int) -> str:
     return "t" if k == 0 else f"t + {k}" if k > 0 else f"t - {-k}"
 
@@ -90,9 +95,15 @@ class Loops:
         return self.k.axes > 1
 
     @property
+    def tree(self) -> bool:
+        return self.k.tree > 0
+
+    @property
     def args(self) -> list:
         """The calling convention: the steps (over a grid the extents ``E``, one per axis), the
         batch, sizes, lengths, the loss weight, buffers, then values."""
+        if self.tree:   # T is then the number of nodes (rows); levels and child give the order
+            return ["T", "B", "n", "levels", "child", "inv_B", *self.buffers, *self.k.values]
         return ["E" if self.grid else "T", "B", "n", "lengths", "inv_B", *self.buffers, *self.k.values]
 
     def size(self, value: int) -> str:
@@ -133,6 +144,8 @@ class Loops:
         kind, extra = b.rows
         if kind in ("block", "fixed"):
             return "0"
+        if kind == "nodes":   # a level's rows, or every node's (a child's rows are gathered)
+            return "start" if span == "block" else "0"
         if kind == "grid":
             return f"({self.cell(place, span, run)}) * B"
         if kind == "ring":
@@ -162,6 +175,8 @@ class Loops:
         return out
 
     def row_var(self, place: Place) -> str:
+        if _child(place):
+            return f"o_{place.buffer}_c{place.shift[1]}"
         shifts = place.shift if isinstance(place.shift, tuple) else (place.shift,) * (self.k.axes if self.grid else 1)
         return f"o_{place.buffer}_" + "_".join(f"m{-k}" if k < 0 else f"{k}" for k in shifts)
 
@@ -182,6 +197,11 @@ class Loops:
         for place in dict.fromkeys(Place(p.buffer, p.shift) for p in places):
             b = self.buffers[place.buffer]
             if b.rows[0] == "fixed":
+                continue
+            if b.rows[0] == "nodes":   # a node's row, or its k-th child's
+                here = "start + r" if span == "block" else "r"
+                row = f"child[{place.shift[1]}, {here}]" if _child(place) else here
+                self.line(f"{self.row_var(place)} = " + (f"({row}) * {self.size(b.width)}" if b.width is not None else row))
                 continue
             first = self.first_row(place, span)
             row = "r" if first == "0" else f"{first} + r"
@@ -213,6 +233,16 @@ class Loops:
 
     # -------------------------------------------------------- statements
     def visit_Steps(self, s: Steps) -> None:
+        if self.tree:   # the levels of the trees: all leaves, then their parents, ...
+            if s.note:
+                self.line(f"# {s.note}, {'up' if s.direction > 0 else 'down'} the trees, a level at a time")
+            self.line("for lv in range(levels.size - 1):" if s.direction > 0 else "for lv in range(levels.size - 2, -1, -1):")
+            self.depth += 1
+            self.line("start = levels[lv]")
+            self.line("count = levels[lv + 1] - start")
+            self.block(s.body)
+            self.depth -= 1
+            return
         if not self.grid:
             if s.note:
                 self.line(f"# {s.note}, {'forward' if s.direction > 0 else 'backwards'} in time")
@@ -246,6 +276,14 @@ class Loops:
 
     def visit_Rows(self, s: Rows) -> None:
         places = [p for st in walk((*s.body, *s.otherwise)) for p in _places(st)]
+        if self.tree:   # every row is a node of a tree: nothing to guard
+            def rows():
+                self.row_defs(places, s.span)
+                if s.weight:
+                    self.line("wt = inv_B")
+                self.block(s.body)
+            self.indented("for r in range(count):" if s.span == "block" else "for r in range(T):", emit=rows)
+            return
         ok = self.ok(s.span)
 
         def body():
@@ -285,7 +323,9 @@ class Loops:
 
     def visit_Store(self, s: Store) -> None:
         target, value = self.address(s.place, s.comp), self.expr(s.expr)
-        if s.guard == "keep":
+        if self.tree:
+            pass
+        elif s.guard == "keep":
             value = f"{value} if ok else {target}"
         elif s.guard == "zero":
             value = f"({value} if ok else {self.zero()})"
@@ -294,7 +334,14 @@ class Loops:
     def visit_Product(self, s: Product) -> None:
         src, out = self.buffers[s.src.buffer], self.buffers[s.out.buffer]
         rows = "B" if s.span == "block" else "T * B"
-        if s.src.col == 0 and src.width == s.k and s.out.col == 0 and out.width == s.n:
+        if self.tree:
+            rows = "count" if s.span == "block" else "T"
+        whole = s.src.col == 0 and src.width == s.k and s.out.col == 0 and out.width == s.n
+        if whole and _child(s.src):   # the children's rows, gathered
+            first = "start" if s.span == "block" else "0"
+            self.line(f"_mmg({s.src.buffer}, child, {s.src.shift[1]}, {first}, {s.matrix}, {s.out.buffer}, 0, {rows})")
+            return
+        if whole:
             if self.grid and s.span == "all":   # every point: one product per run along the last axis
                 opened = self.leading(all_axes=False)
                 self.line(f"_mm({s.src.buffer}, {self.first_row(s.src, 'all', True)}, {s.matrix}, {s.out.buffer}, "
@@ -316,6 +363,9 @@ class Loops:
                 self.indented(f"for j in range({n}):", emit=lambda: self.line(f"{target} += vq * {s.matrix}[q, j]"))
             self.indented(f"for q in range({k}):", emit=q)
         opened = 0
+        if self.tree:
+            self.indented("for r in range(count):" if s.span == "block" else "for r in range(T):", emit=body)
+            return
         if s.span == "all" and self.grid:
             opened = self.leading()
         elif s.span == "all":
@@ -335,7 +385,7 @@ class Loops:
             self.depth -= opened
             return
         self.line(f"_mtm({s.a.buffer}, {self.first_row(s.a, 'all')}, {s.b.buffer}, {self.first_row(s.b, 'all')}, "
-                  f"T * B, {s.grad}, {float(s.coef)!r}, {1.0 if s.add else 0.0})")
+                  f"{'T' if self.tree else 'T * B'}, {s.grad}, {float(s.coef)!r}, {1.0 if s.add else 0.0})")
 
     def visit_Seed(self, s: Seed) -> None:
         b = self.buffers[s.place.buffer]
@@ -373,8 +423,12 @@ def loops_module(kernel: Kernel, dtype: str, runtime: str) -> tuple[str, list, l
 # ---------------------------------------------------------------- the driver
 
 
-def _rows(rows: tuple) -> str:
+def _rows(rows: tuple, tree: bool = False) -> str:
     kind, extra = rows
+    if kind == "nodes":   # T is then the number of nodes; a timeline has one more row per tree
+        return f"(T + {extra} * B)" if extra else "T"
+    if tree and kind == "block":
+        return "T"
     if kind == "grid":   # T is then the tuple of extents
         return " * ".join(f"(T[{k}] + {b + a})" if b + a else f"T[{k}]" for k, (b, a) in enumerate(extra)) + " * B"
     return {"steps": f"(T + {extra}) * B" if extra else "T * B", "ring": f"{extra} * B", "block": "B",
@@ -410,7 +464,7 @@ class Driver:
         self.lines = [f"q_{p} = np.reshape(q_{p}, {shape})" for p, shape in self.params.items() if shape]
         if k.axes > 1:   # over a grid, T is the tuple of extents; the loops take it as an array
             self.lines.append("E = np.array(T, np.int64)")
-        self.lines += ["R = T * B" if k.axes == 1 else "R = int(np.prod(T)) * B", "inv_B = dtype(1.0 / B)", f"n = np.array({self.sizes}, np.int64)" if self.sizes else "n = np.zeros(1, np.int64)"]
+        self.lines += ["R = T * B" if k.axes == 1 and not k.tree else "R = int(np.prod(T)) * B", "inv_B = dtype(1.0 / B)", f"n = np.array({self.sizes}, np.int64)" if self.sizes else "n = np.zeros(1, np.int64)"]
         for v, (node, layout) in k.values.items():
             code = self.value(node)
             dt = ", dtype" if flavor == "python" else ""
@@ -420,7 +474,7 @@ class Driver:
         for b in k.buffers:
             if b.role in ("signal", "seed"):
                 continue
-            rows = _rows(b.rows)
+            rows = _rows(b.rows, k.tree > 0)
             size = rows if b.width is None else f"{rows} * {b.width}"
             shape = rows if b.width is None else f"({rows}, {b.width})"
             if b.role == "out":
@@ -430,7 +484,8 @@ class Driver:
             self.lines += [f"{b.name} = {view}", f"w += -(-({size}) // 8) * 8"] + ([f"{b.name}[:] = 0"] if b.zero else [])
         self.lines.append(f"{k.name}_loops({', '.join(self.loops_args)})")
         self.lines.append(f"return {self.results()}")
-        args = ["T", "B", "lengths", *(["work"] if work else []), *signals, *params, *seeds]
+        topology = ["levels", "child"] if k.tree else []   # over trees: T nodes, visited level by level
+        args = ["T", "B", "lengths", *(["work"] if work else []), *topology, *signals, *params, *seeds]
         doc = f'"""{name}: see the module docstring; returns {self.what()}."""'
         return f"def {name}({', '.join(args)}):\n    " + "\n    ".join([doc] + self.lines) + "\n"
 
@@ -473,7 +528,7 @@ def work_size(kernel: Kernel) -> str:
     terms = []
     for b in kernel.buffers:
         if b.role not in ("signal", "seed", "out"):
-            rows = _rows(b.rows)
+            rows = _rows(b.rows, kernel.tree > 0)
             size = rows if b.width is None else f"{rows} * {b.width}"
             terms.append(f"-(-({size}) // 8) * 8")
     return f"def work_size_{kernel.name}(T, B):\n    return {' + '.join(terms) or '0'}\n"

@@ -112,6 +112,24 @@ def _mm(a, a0, m, out, o0, rows):
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
+def _mmg(a, index, k, i0, m, out, o0, rows):
+    """out[o0:o0 + rows] = a[index[k, i0:i0 + rows]] @ m: the rows of a tree level's k-th
+    children, gathered, times a weight matrix."""
+    n = m.shape[1]
+    if a.shape[1] * n <= 1024:
+        for r in range(rows):
+            src = index[k, i0 + r]
+            for j in range(n):
+                out[o0 + r, j] = 0.0
+            for q in range(a.shape[1]):
+                v = a[src, q]
+                for j in range(n):
+                    out[o0 + r, j] += v * m[q, j]
+    else:
+        np.dot(a[index[k, i0:i0 + rows]], m, out[o0:o0 + rows])
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
 def _mtm(a, a0, b, b0, rows, out, coef, beta):
     """out = beta * out + coef * a[a0:a0 + rows]ᵀ b[b0:b0 + rows]: a weight matrix's gradient,
     Σ over rows of outer products."""
@@ -166,5 +184,5 @@ def header(dtype: str, standalone: bool = False) -> str:
     written out (``standalone``, for a module that needs only NumPy and Numba)."""
     if standalone:
         return RUNTIME.format(dtype=dtype, **FAST_MATH[dtype])
-    return (f"from {runtime_name(dtype)} import (_exp, _mm, _mtm, _sigmoid, _tanh, _vsigmoid,  # noqa: F401\n"
-            "                                     _vtanh)\n")
+    return (f"from {runtime_name(dtype)} import (_exp, _mm, _mmg, _mtm, _sigmoid, _tanh,  # noqa: F401\n"
+            "                                     _vsigmoid, _vtanh)\n")
