@@ -9,6 +9,7 @@ import numpy as np
 import sympy as sp
 
 from .. import ir
+from ..errors import GraphcompError
 from ..ir.autodiff import LOSS, adjoint
 from .declare import Child, SignalRef, t
 from .step import LOSS_NAME, build
@@ -152,9 +153,31 @@ class Recurrence:
         return ir.to_sympy([node], leaf)[0]
 
     # ------------------------------------------------------------ graphs and arrays
-    def unfold(self, steps: int) -> nx.DiGraph:
-        """The computational graph over ``steps`` steps, as an acyclic networkx DiGraph."""
-        return unfold(self.step, steps)
+    def unfold(self, steps=None, children=None, lengths=None) -> nx.DiGraph:
+        """The computational graph over ``steps`` steps, as an acyclic networkx DiGraph; over a
+        grid ``steps`` is the extents ``(I, J, ...)``; over trees ``children`` gives one tree
+        ``(N, K)`` (``steps`` its node count, default N), or a minibatch ``(N, B, K)`` with
+        ``lengths``: then every node's time is ``(b, v)``, tree b's node v."""
+        if children is None:
+            return unfold(self.step, steps)
+        kids = np.asarray(children)
+        if kids.ndim == 2:
+            return unfold(self.step, steps or len(kids), kids)
+        if kids.ndim != 3:
+            raise GraphcompError(f"children has shape {kids.shape}; give one tree (N, K) or a minibatch (N, B, K)")
+        lengths = np.full(kids.shape[1], len(kids)) if lengths is None else np.asarray(lengths)
+        graph = nx.DiGraph()
+        for b in range(kids.shape[1]):
+            tree = unfold(self.step, int(lengths[b]), kids[:, b])
+            rename = {n: n if n[0] == "param" else (n[0], n[1], (b, n[2])) for n in tree}
+            for n, d in tree.nodes(data=True):
+                if d.get("time") is not None:
+                    d = {**d, "time": (b, d["time"])}
+                if "args" in d:
+                    d = {**d, "args": [rename[a] for a in d["args"]]}
+                graph.add_node(rename[n], **d)
+            graph.add_edges_from((rename[u], rename[v]) for u, v in tree.edges)
+        return graph
 
     def draw(self, kind: str = "circuit", steps: int | None = None, max_columns: int = 6):
         """A ``graphviz.Digraph`` of the model: ``"circuit"`` (one node per variable, a black
