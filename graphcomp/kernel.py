@@ -88,7 +88,10 @@ class Kernel:
         """One step of the recurrence, for online use. ``state`` holds, for every signal the
         step reads k steps back, its last k values ``(k, B, ...)``, oldest first (None: zeros);
         ``inputs`` the inputs at this step, ``(B, ...)`` each. Returns the outputs and states at
-        this step, ``(B, ...)`` each, and the state to pass to the next step."""
+        this step, ``(B, ...)`` each, and the state to pass to the next step (time recurrences)."""
+        if self.program.grid or self.program.tree:
+            raise GraphcompError(f"step() advances a recurrence over time, but this model runs over a "
+                                 f"{'grid' if self.program.grid else 'tree'}; call forward on whole inputs")
         for name, info in self.program.signals.items():
             if info.role == "state" and info.direction < 0:
                 raise GraphcompError(f"state {name!r} reads its own future ({name}(t+{max(info.offsets)})), so it "

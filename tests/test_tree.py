@@ -203,3 +203,17 @@ def test_tree_errors_in_the_users_terms():
     elman = gc.models.elman(D, H, O)
     with pytest.raises(gc.GraphcompError, match=r"children= is given but the model reads no child"):
         gc.compile(elman, backend="reference").forward(elman.init_params(), X, children=C)
+
+
+def test_time_only_features_refuse_trees_and_grids():
+    model = tree_rnn()
+    k = gc.compile(model, backend="reference")
+    params = {n: np.zeros(s[:1] if s[1:] == (1,) else s) for n, s in model.step.params.items()}
+    C, lengths = forest(2)
+    data = {"x": np.zeros((7, 3, D)), "y": np.zeros((7, 3, O))}
+    for method, message in (("checkpoint", "method='checkpoint' cuts time into segments, but this model runs over a tree"),
+                            ("rtrl", "method='rtrl' carries sensitivities forward in time, but this model runs over a tree")):
+        with pytest.raises(gc.GraphcompError, match=message):
+            k.loss_and_grad(params, data, lengths, children=C, method=method)
+    with pytest.raises(gc.GraphcompError, match=r"step\(\) advances a recurrence over time, but this model runs over a tree"):
+        k.step(params, None, {"x": np.zeros((3, D))})

@@ -42,11 +42,17 @@ def check_options(step, method: str, options: dict) -> None:
                                  f"be at least k1; got k1={k1}, k2={k2}")
     if method in ("checkpoint", "tbptt"):
         check_cuttable(step, f"method={method!r}", "use method='bptt'")
+    if method == "rtrl" and (step.grid or step.tree):
+        raise GraphcompError(f"method='rtrl' carries sensitivities forward in time, but this model runs over a "
+                             f"{'grid' if step.grid else 'tree'}; use method='bptt'")
 
 
 def check_cuttable(step, what: str, instead: str) -> None:
     """Segments need every read to look back only: no backward state, no input read ahead.
     ``what`` cuts time; ``instead`` says what to do."""
+    if step.grid or step.tree:
+        raise GraphcompError(f"{what} cuts time into segments, but this model runs over a "
+                             f"{'grid' if step.grid else 'tree'}; {instead}")
     for name, info in step.signals.items():
         ahead = info.margins[1]
         if info.role == "state" and info.direction < 0:
