@@ -296,6 +296,11 @@ class Plans:
         body += [Clear(place) for place in rings]   # this step's ring rows are free for step t - K
         return Steps(direction, tuple(body), note)
 
+    @staticmethod
+    def _nonempty(loops: list) -> list:
+        """Loops over steps with nothing left inside (all hoisted) are dropped."""
+        return [s for s in loops if not isinstance(s, Steps) or s.body]
+
     def _seed_k(self, s: str) -> int:
         return max(self.user_step.signals[s].history, 1)
 
@@ -327,7 +332,7 @@ class Plans:
         for n in signals:
             self.timeline(b, n, 0)
         body, known = self._hoist(b, sweeps, dep)
-        body += self._forward_loops(b, sweeps, known, {})
+        body += self._nonempty(self._forward_loops(b, sweeps, known, {}))
         outs, sinks = {}, []
         for o, node in step.outputs.items():
             outs[o] = b.buffer("out", b.everywhere(), None if node.shape == () else length(node.shape), name=f"out_{o}")
@@ -352,7 +357,7 @@ class Plans:
         roots = [s.node for _, sinks, _ in backward for s in sinks] + \
                 [n for _, _, grads in backward for n in grads.values()] + ([loss_sink.node] if self.fuse_loss else [])
         tapes = self._tapes(b, roots, sweeps, known, dep)
-        body += self._forward_loops(b, sweeps, known, tapes)
+        body += self._nonempty(self._forward_loops(b, sweeps, known, tapes))
         known.update(tapes)
         gradients = Gradients(b, self.boundary)
         weight = {**known, LOSS_SEED: Weight()}

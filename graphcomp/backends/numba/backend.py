@@ -254,7 +254,8 @@ class NumbaBackend:
             shape = (max(info.history, 1) * batch.B,) + info.array_shape
             args.append(np.zeros(shape, self.dtype) if given is None else
                         np.ascontiguousarray(np.reshape(given, shape), dtype=self.dtype))
-        loss, grads, cots = self._call(k, args)
+        loss, grads, *cots = self._call(k, args)   # no seeded state: no cotangents come back
+        cots = cots[0] if cots else {}
         initial = {}
         for s, cot in cots.items():
             info, ring, B = self.step.signals[s], self.plans.rings.get(s), batch.B
