@@ -15,9 +15,13 @@ from ..errors import GraphcompError, NotFinite
 from ..kernel import Kernel
 from .jacobian import Residuals, objective
 from .problem import Problem
+from .residuals import measured, measured_by_loss
 
-EXACT = (1.0, 1e2, 1e4, 1e6, 1e8, 1e10, 1e12)   # continuity="exact": the penalty weights tried in turn
-GAP_TOL = 1e-8   # ... until every gap is below this, relative to 1 + the largest initial value
+# continuity="exact": the penalty weights tried in turn, each fit starting from the last. A
+# small first weight lets every window follow its data (the point of multiple shooting); the
+# gaps then close gently: a steeper schedule strands chaotic fits in local minima.
+EXACT = tuple(10.0 ** k for k in range(-2, 13))
+GAP_TOL = 1e-6   # ... until every gap is below this, relative to 1 + the largest initial value
 
 
 @dataclass
@@ -114,10 +118,11 @@ def _start(problem: Problem, lb: np.ndarray, ub: np.ndarray) -> np.ndarray:
 def least_squares(kernel: Kernel, params: dict, data, lengths=None, *, residuals: list | None = None,
                   learn_initial: bool = False, shooting: int | None = None, continuity="exact",
                   encoder=None, initial: dict | None = None, bounds: dict | None = None,
-                  jacobian: str = "auto", method: str = "trf", **options) -> Fit:
+                  jacobian: str = "auto", method: str = "auto", **options) -> Fit:
     """Fit ``params`` (the starting values) to ``data`` by nonlinear least squares
-    (``scipy.optimize.least_squares``: "trf", a trust-region Gauss-Newton, or "lm", MINPACK's
-    Levenberg-Marquardt, without bounds) with the residuals' exact Jacobian.
+    (``scipy.optimize.least_squares``) with the residuals' exact Jacobian. ``method``: "lm"
+    (MINPACK's Levenberg-Marquardt), "trf" (a trust-region Gauss-Newton that takes bounds) or
+    "auto": "lm" unless there are bounds or fewer residuals than unknowns.
 
     The model's loss must be a sum of squared residuals: ``(pred - y)**2``, ``gc.mse(pred, y)``,
     positive multiples and sums of them; or name the outputs that are the residuals with
@@ -137,8 +142,12 @@ def least_squares(kernel: Kernel, params: dict, data, lengths=None, *, residuals
     problem = Problem(kernel, params, data, lengths, learn_initial=learn_initial, shooting=shooting,
                       encoder=encoder, initial=initial, continuity=continuity)
     res = Residuals(problem, residuals, jacobian)
+    problem.start_from(measured(kernel.program, res.nodes))
     lb, ub = problem.bounds(bounds)
-    if method == "lm" and (np.isfinite(lb).any() or np.isfinite(ub).any()):
+    bounded = np.isfinite(lb).any() or np.isfinite(ub).any()
+    if method == "auto":
+        method = "trf" if bounded or res.n_data + res.n_gaps < problem.n else "lm"
+    if method == "lm" and bounded:
         raise GraphcompError("method='lm' (MINPACK) takes no bounds: use method='trf' with bounds")
     if method == "lm" and res.n_data + res.n_gaps < problem.n:
         raise GraphcompError(f"method='lm' needs at least as many residuals ({res.n_data + res.n_gaps}) as unknowns "
@@ -150,7 +159,8 @@ def least_squares(kernel: Kernel, params: dict, data, lengths=None, *, residuals
     options.setdefault("x_scale", "jac")
     for weight in _weights(problem, continuity):
         res.weight = max(weight, 1e-300)
-        report = scipy.optimize.least_squares(res, x, jac=res.jac, bounds=(lb, ub), method=method, **options)
+        report = scipy.optimize.least_squares(res, x, jac=res.jac, bounds=(lb, ub) if bounded else (-np.inf, np.inf),
+                                              method=method, **options)
         x = report.x
         gap, tol = _gap(problem, x, res.split(x)[1])
         if gap <= tol:
@@ -224,6 +234,7 @@ def minimize(kernel: Kernel, params: dict, data, lengths=None, *, learn_initial:
                       encoder=encoder, initial=initial, continuity=continuity)
     if problem.kernel.program.loss is None:
         raise GraphcompError("the model has no loss to minimise: pass loss=... to gc.Recurrence")
+    problem.start_from(measured_by_loss(problem.kernel.program))
     lb, ub = problem.bounds(bounds)
     x = _start(problem, lb, ub)
     scale, index = float(len(problem.data)), np.arange(len(problem.windows))

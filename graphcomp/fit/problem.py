@@ -153,7 +153,9 @@ class Problem:
         first = self.windows.first
         self.free = np.zeros(W, bool) if self.encoder else (np.ones(W, bool) if learn_initial else ~first)
         self.known = np.zeros((W, self.K))   # the windows' initial values when not learned
+        self.given = np.zeros(W, bool)       # initial= gave them
         if initial is not None:
+            self.given = first.copy()
             given = self._flat_initial(initial, len(self.data))
             self.known[first] = given[self.windows.seq[first]]
         self.X0 = self.known.copy()
@@ -236,6 +238,22 @@ class Problem:
         first = self.initial(X0[self.windows.first])
         return {s: a[0] if self.entries[s][0] == 1 else a for s, a in first.items()}
 
+    def start_from(self, measured: dict) -> None:
+        """Start the learned initial states of states an input measures directly ({state: input})
+        from its values just before each window: multiple shooting begins near the data. The
+        first windows keep ``initial`` when it was given."""
+        lo = 0
+        rows = self.free & (~self.windows.first | ~self.given)
+        for s, shape in self.entries.items():
+            size = math.prod(shape)
+            y = measured.get(s)
+            if y in self.data.arrays and shape[1:] == self.data.arrays[y].shape[2:]:
+                k = shape[0]
+                back = np.maximum(self.windows.start[None, :] - k + np.arange(k)[:, None], 0)   # (k, W)
+                vals = self.data.arrays[y][back, self.windows.seq[None, :]]                     # (k, W, ...)
+                self.X0[rows, lo:lo + size] = np.moveaxis(vals, 1, 0).reshape(len(self.windows), size)[rows]
+            lo += size
+
     # ------------------------------------------------------------ the flat vector
     def pack(self, params: dict | None = None, X0: np.ndarray | None = None, enc: dict | None = None) -> np.ndarray:
         params = self.start if params is None else params
@@ -254,7 +272,8 @@ class Problem:
             lo += size
         X0 = self.known.copy()
         nfree = int(self.free.sum()) * self.K
-        X0[self.free] = x[lo:lo + nfree].reshape(-1, self.K)
+        if nfree:
+            X0[self.free] = x[lo:lo + nfree].reshape(-1, self.K)
         lo += nfree
         enc = {}
         for n, shape in self.enc_shapes.items():

@@ -14,10 +14,11 @@ from ..lang.step import SignalInfo, Step
 WEIGHT = "fit__w{}"   # reverse mode: the seed of residual k, an input of the residual step
 OUTPUT = "fit__r{}"   # residual k, an output of the residual step
 
-NOT_SQUARES = ("gc.least_squares needs a loss that is a sum of squared residuals, such as "
-               "(pred - y)**2, gc.mse(pred, y), or c*(...)**2 + ... with positive constants c; {why}. "
-               "Write the loss in that form, name outputs that are the residuals "
-               "(residuals=['e'] for outputs={'e': pred - y}), or fit any loss with gc.minimize")
+def _not_squares(why: str) -> GraphcompError:
+    return GraphcompError("gc.least_squares needs a loss that is a sum of squared residuals, such as (pred - y)**2, "
+                          f"gc.mse(pred, y), or c*(...)**2 + ... with positive constants c; {why}. Write the loss "
+                          "in that form, name outputs that are the residuals (residuals=['e'] for "
+                          "outputs={'e': pred - y}), or fit any loss with gc.minimize")
 
 
 def residuals(step: Step, names: list | None = None) -> list[Node]:
@@ -33,9 +34,9 @@ def residuals(step: Step, names: list | None = None) -> list[Node]:
                              "outputs that are the residuals (residuals=['e'])")
     found = _sum_of_squares(step.loss)
     if found is None:
-        raise GraphcompError(NOT_SQUARES.format(why=f"this loss is {ir.pretty({'L(t)': step.loss}).splitlines()[-1]}"))
+        raise _not_squares("this model's loss is not of that form")
     if not any(r.batched for r in found):
-        raise GraphcompError(NOT_SQUARES.format(why="its squared terms read no signal"))
+        raise _not_squares("its squared terms read no signal")
     return found
 
 
@@ -100,3 +101,34 @@ def residual_step(step: Step, nodes: tuple) -> Step:
     if clash:
         raise GraphcompError(f"the names {clash} are used by gc.least_squares; rename these outputs")
     return Step(signals, dict(step.params), dict(step.updates), outputs, loss, step.sweeps)
+
+
+def measured(step: Step, nodes) -> dict:
+    """States a scalar residual compares directly with an input, {state: input}: r = c (s(t) -
+    y(t)) means y measures s, so y's values start the initial states multiple shooting learns."""
+    out = {}
+    for r in nodes:
+        if r.shape:
+            continue
+        leaf = lambda n: sp.Symbol(f"{n.attr[0]}@{n.attr[1]}") if n.op == "read" else sp.Symbol(f"?{id(n)}")
+        expr = sp.expand(ir.to_sympy([r], leaf)[0])
+        reads = sorted(expr.free_symbols, key=str)
+        if len(reads) != 2 or not all(str(v).endswith("@0") for v in reads):
+            continue
+        (u, v), names = reads, [str(v)[:-2] for v in reads]
+        cu, cv = sp.diff(expr, u), sp.diff(expr, v)
+        if not (cu.is_number and cv.is_number and cu != 0 and sp.simplify(cu + cv) == 0 and
+                sp.simplify(expr - cu * u - cv * v) == 0):
+            continue
+        roles = [step.signals[n].role if n in step.signals else None for n in names]
+        if roles == ["state", "input"]:
+            out[names[0]] = names[1]
+        elif roles == ["input", "state"]:
+            out[names[1]] = names[0]
+    return out
+
+
+def measured_by_loss(step: Step) -> dict:
+    """``measured`` for the squared residuals of the loss, if it is a sum of squares ({} if not)."""
+    found = _sum_of_squares(step.loss) if step.loss is not None else None
+    return measured(step, found or [])

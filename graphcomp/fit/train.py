@@ -13,6 +13,7 @@ from ..train.optim import clip
 from ..train.trainer import History, _bar, _minibatches, sequences
 from .jacobian import objective
 from .problem import Problem
+from .residuals import measured_by_loss
 
 INITIAL = "initial states"   # the optimizer's key for the windows' initial values
 ENCODER = "encoder.{}"
@@ -36,6 +37,7 @@ def fit_windows(trainer, params: dict | None, data, epochs: int, batch_size: int
     problem = Problem(trainer.kernel, params, sequences(data, lengths, batch_first), learn_initial=learn_initial,
                       shooting=shooting, encoder=encoder, initial=initial, continuity=continuity,
                       exact_allowed=False)
+    problem.start_from(measured_by_loss(trainer.kernel.program))
     trainer._params = {p: np.array(v, np.float64) for p, v in problem.start.items()}
     values = {p: trainer._params[p] for p in trainer.train}
     values[INITIAL] = np.ascontiguousarray(problem.X0)

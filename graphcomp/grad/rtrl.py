@@ -201,7 +201,7 @@ def _directions(params: dict, tangent: Step, D: int, B: int) -> dict:
     for p, shape in params.items():
         size = math.prod(shape)
         entry = np.full(D, -1)   # the entry of p a row differentiates, or -1
-        entry[lo:lo + size] = np.arange(size)
+        entry[lo:lo + size] = np.arange(size)[:max(0, min(size, D - lo))]
         cols = (shape + (1, 1))[1]
         out[DIR.format(p)] = (entry == 0).astype(float)
         out[ROW.format(p)] = np.where(entry >= 0, entry // cols, -1).astype(float)
