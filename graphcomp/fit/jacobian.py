@@ -155,8 +155,9 @@ class Residuals:
         def grad_row(w: int, steps: int, weights: dict, seeds: dict | None) -> np.ndarray:
             inputs = {n: a[:steps, w:w + 1] for n, a in p.inputs.items()}
             inputs.update(weights)
-            _, g, gi = rk.loss_and_grad(params, inputs, [steps], {n: a[:, w:w + 1] for n, a in init.items()},
-                                        with_initial=True, final_cotangents=seeds)
+            out = rk.loss_and_grad(params, inputs, [steps], {n: a[:, w:w + 1] for n, a in init.items()},
+                                   with_initial=bool(p.entries), final_cotangents=seeds)
+            g, gi = out[1], out[2] if p.entries else {}
             d = np.concatenate([np.ravel(g[q]) for q in p.shapes] +
                                [np.ravel(np.moveaxis(np.reshape(gi[s], (k[0], 1) + k[1:]), 1, 0)) for s, k in p.entries.items()])
             return self._columns(d[None], np.array([w]), C)[0]
@@ -215,8 +216,8 @@ def objective(problem: Problem, params: dict, X0: np.ndarray, index: np.ndarray,
         penalty = weight * float((gap ** 2).sum())
         seeds = {s: a for s, a in p.initial(-2 * weight * gap / B).items()}
         np.add.at(gX0, following[linked], 2 * weight * gap[linked] / scale)
-    loss, grads, ginit = kernel.loss_and_grad(params, inputs, lengths, init, with_initial=True,
-                                              final_cotangents=seeds)
+    out = kernel.loss_and_grad(params, inputs, lengths, init, with_initial=bool(p.entries), final_cotangents=seeds)
+    loss, grads, ginit = out[0], out[1], out[2] if p.entries else {}
     f = (float(loss) * B + penalty) / scale
     grads = {q: np.asarray(g, np.float64) * B / scale for q, g in grads.items()}
     lo = 0

@@ -32,6 +32,7 @@ __all__ = ["tangent_step", "loss_and_grad", "sensitivities", "initial_entries", 
 
 TAN, DIR, ROW, COL = "{}__tan", "{}__dir", "{}__row", "{}__col"
 LOSS, DLOSS = "rtrl__L", "rtrl__dL"   # the tangent step's outputs
+CLOCK = "rtrl__clock"   # a state of a stateless model's tangent step (see _compiled_outputs)
 CHUNK_FLOATS, MIN_CHUNK = 1 << 16, 8   # a chunk of time: 512 KB of the tangent step's signals, >= 8 steps
 
 
@@ -333,6 +334,12 @@ def initial_entries(step: Step) -> dict:
 @functools.lru_cache(maxsize=16)
 def _compiled_outputs(kernel, outputs: tuple):
     step = tangent_step(kernel.program, dict(outputs))
+    if not step.updates:
+        # a stateless step whose work is all hoisted leaves the Numba emitter an empty time
+        # loop, which it cannot write yet: a state that holds zero keeps the loop non-empty
+        clock = ir.read(CLOCK, -1, ())
+        step = Step({CLOCK: SignalInfo(CLOCK, "state", (), (-1,)), **step.signals}, step.params, {CLOCK: clock},
+                    step.outputs, None, (Sweep(1, (CLOCK,)),))
     return step, kernel.derived(step)
 
 
@@ -370,7 +377,10 @@ def sensitivities(kernel, outputs: dict, params: dict, inputs: dict | None = Non
     for name, info in tangent.signals.items():
         if not info.history:
             continue
-        if name in step.signals:   # the original signals start from the given values
+        if name in step.signals or name == CLOCK:   # the original signals start from the given values
+            if name == CLOCK:
+                carried[name] = np.zeros((1, D * B))
+                continue
             carried[name] = tile(_user(step, name, batch.initial[name]), 1)
             continue
         state = name[:-len(TAN.format(""))]
