@@ -105,7 +105,7 @@ def main(short: bool = False, figure: str = "state_space.png") -> dict:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for ax, (name, true_ir, fit_ir, zero_ir, amplitude) in zip(axes, panels):
         gc.plot_forecast(true_ir, {"fit, learned initial states": fit_ir, "fit, zero initial states": zero_ir},
-                         ax=ax, title=f"{name}: impulse response (u = {amplitude:g} at t = 1)")
+                         ax=ax, label="true system", title=f"{name}: impulse response (u = {amplitude:g} at t = 1)")
     fig.tight_layout()
     fig.savefig(figure, dpi=110)
     print(f"\nfigure: {figure}")

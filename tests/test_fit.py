@@ -342,3 +342,17 @@ def test_history_and_forecast_plots(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(gc.GraphcompError, match=re.escape("drawing figures needs matplotlib: pip install matplotlib")):
         history.plot()
+
+
+def test_the_system_identification_page_runs(tmp_path, monkeypatch, capsys):
+    """Every python block of docs/system_identification.md, in order, and what it says it prints."""
+    from pathlib import Path
+    page = Path(__file__).resolve().parent.parent / "docs" / "system_identification.md"
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "__doc_test__"}
+    for i, block in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(), re.S)):
+        exec(compile(block, f"system_identification.md block {i + 1}", "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "600 residuals, 6 unknowns" in out
+    assert namespace["shots"].params["a"] == pytest.approx(3.7977, abs=1e-3)
+    assert gc.metrics.nrmse(namespace["measured"], namespace["simulated"]) == pytest.approx(0.304, abs=1e-3)

@@ -9,6 +9,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.linalg
 import scipy.optimize
 
 from ..errors import GraphcompError, NotFinite
@@ -173,19 +174,23 @@ def least_squares(kernel: Kernel, params: dict, data, lengths=None, *, residuals
 def _fit(problem: Problem, res: Residuals, x: np.ndarray, report, gap: float, exact: bool) -> Fit:
     r, gaps = res.split(x)
     J = res.jac(x)
-    n, N = problem.n, res.n_data + res.n_gaps
-    rss = float(r @ r + res.weight * gaps @ gaps) if len(gaps) else float(r @ r)
-    dof = N - n
+    n, labels = problem.n, problem.labels()
+    rss_data, n_obs = float(r @ r), res.n_data
+    if exact and res.n_gaps:
+        # exact continuity: the covariance of the constrained problem, on the unknowns' directions
+        # that keep every gap closed (the null space of the gaps' Jacobian)
+        basis = scipy.linalg.null_space(J[n_obs:] / math.sqrt(res.weight))
+        k, rss, A = basis.shape[1], rss_data, J[:n_obs] @ basis
+    else:
+        basis, k, A = None, n, J
+        rss = rss_data + res.weight * float(gaps @ gaps)
+    dof = len(A) - k
     sigma2 = rss / dof if dof > 0 else np.nan
-    cov = sigma2 * _inverse(J, problem.labels())
+    cov = sigma2 * _inverse(A, labels, basis)
     errors = np.sqrt(np.clip(np.diag(cov), 0, None))
-    rss_data = float(r @ r)
-    n_obs = res.n_data
-    k = n - (res.n_gaps if exact else 0)   # exact continuity: each gap is a constraint, not a freedom
     llf = -0.5 * n_obs * (math.log(2 * math.pi) + math.log(max(rss_data, 1e-300) / n_obs) + 1)
     params, X0, enc = problem.unpack(x)
     P = problem.P
-    labels = problem.labels()
     stderr, lo = {}, 0
     for p, shape in problem.shapes.items():
         size = math.prod(shape)
@@ -205,18 +210,22 @@ def _fit(problem: Problem, res: Residuals, x: np.ndarray, report, gap: float, ex
                estimates=x, errors=errors)
 
 
-def _inverse(J: np.ndarray, labels: list) -> np.ndarray:
-    """(JᵀJ)⁻¹ from the SVD of J; the unknowns the data do not determine (a null direction of
-    J touches them) get infinite variance, with a warning that names them."""
-    N, n = J.shape
-    _, s, Vt = np.linalg.svd(J, full_matrices=N < n)   # Vt: (n, n) either way
-    rank = int((s > s.max(initial=0.0) * max(N, n) * np.finfo(float).eps).sum())
+def _inverse(A: np.ndarray, labels: list, basis: np.ndarray | None = None) -> np.ndarray:
+    """(AᵀA)⁻¹ from the SVD of A, mapped back through ``basis`` (the unknowns are basis @ the
+    columns' coordinates) when given; the unknowns the data do not determine (a null direction
+    of A touches them) get infinite variance, with a warning that names them."""
+    N, m = A.shape
+    _, s, Vt = np.linalg.svd(A, full_matrices=N < m)   # Vt: (m, m) either way
+    rank = int((s > s.max(initial=0.0) * max(N, m) * np.finfo(float).eps).sum())
     inv = (Vt[:rank].T / s[:rank] ** 2) @ Vt[:rank]
-    if rank < n:
-        bad = np.abs(Vt[rank:]).max(axis=0) > 1e-8
+    null = Vt[rank:]
+    if basis is not None:
+        inv, null = basis @ inv @ basis.T, null @ basis.T
+    if len(null):
+        bad = np.abs(null).max(axis=0) > 1e-8
         names = [l for l, b in zip(labels, bad) if b]
         warnings.warn(f"graphcomp: the data do not determine {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
-                      f" ({N} residuals, {n} unknowns): their standard errors are infinite", stacklevel=3)
+                      f" ({N} residuals, {m} free directions): their standard errors are infinite", stacklevel=3)
         inv[bad, :] = np.inf
         inv[:, bad] = np.inf
     return inv

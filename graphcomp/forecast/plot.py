@@ -18,10 +18,10 @@ def pyplot():
 
 
 def plot_forecast(measured, predicted: dict, *, time=None, split=None, ax=None, title: str | None = None,
-                  ylabel: str | None = None):
+                  ylabel: str | None = None, label: str = "measured"):
     """The measured series (T,) against each prediction {label: (T,)} (NaN rows are not
     drawn), over ``time`` (T,) (None: steps 1..T), with a dashed line at ``split`` (the start
-    of a held-out part, say). Returns the matplotlib axes."""
+    of a held-out part, say); ``label`` names the measured series. Returns the matplotlib axes."""
     plt = pyplot()
     y = np.asarray(measured, float)
     if y.ndim != 1:
@@ -29,7 +29,7 @@ def plot_forecast(measured, predicted: dict, *, time=None, split=None, ax=None, 
     x = np.arange(1, len(y) + 1) if time is None else np.asarray(time)
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 3.5))
-    ax.plot(x, y, color="black", lw=1.2, label="measured")
+    ax.plot(x, y, color="black", lw=1.2, label=label)
     for label, p in predicted.items():
         p = np.asarray(p, float)
         if p.shape != y.shape:
