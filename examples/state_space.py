@@ -93,7 +93,6 @@ def main(short: bool = False, figure: str = "state_space.png") -> dict:
             print(f"{s + '(0)':>6} " + " ".join(f"{a:7.3f}/{b:<7.3f}" for a, b in zip(v, fit.initial[s]))
                   + "  (true/learned)")
         true_ir, fit_ir, zero_ir = (impulse(kernel, q, amplitude) for q in (truth, fit.params, zero.params))
-        peak = np.abs(true_ir).max()
         errors = {"learned": _error(fit_ir, true_ir), "zero": _error(zero_ir, true_ir)}
         shown = {k: f"{100 * e:.2f}%" if np.isfinite(e) else "diverges" for k, e in errors.items()}
         print(f"impulse response (u = {amplitude:g} at t = 1), largest error / peak: learned initial states "

@@ -11,7 +11,6 @@ import time
 import warnings
 
 import numpy as np
-import sympy as sp
 
 import graphcomp as gc
 

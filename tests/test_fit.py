@@ -71,6 +71,20 @@ def test_jacobian_equals_finite_differences(reference, options, mode):
     assert np.abs(J - fd).max() < 1e-7 * np.abs(fd).max()
 
 
+def test_sequences_of_different_lengths(reference):
+    data = simulate(reference, EASY, 30, 2, 0.05, seed=4, s0=np.array([0.3, -0.2]))
+    sequences = [{n: a[:30, 0] for n, a in data.items()}, {n: a[:17, 1] for n, a in data.items()}]
+    problem = Problem(reference, GUESS, sequences, learn_initial=True, shooting=8)
+    assert list(problem.windows.length) == [8, 8, 8, 6, 8, 8, 1]
+    for mode in ("forward", "reverse"):
+        res = Residuals(problem, mode=mode)
+        z = problem.pack()
+        fd = np.stack([(res(z + 1e-6 * e) - res(z - 1e-6 * e)) / 2e-6 for e in np.eye(problem.n)], axis=1)
+        assert res.n_data == 47 and np.abs(res.jac(z) - fd).max() < 1e-7 * np.abs(fd).max()
+    fit = gc.least_squares(reference, GUESS, sequences, learn_initial=True)
+    assert fit.n_obs == 47 and fit.initial["s"].shape == (2,)
+
+
 def test_forward_and_reverse_modes_agree_on_the_compiled_kernel(kernel):
     data = simulate(kernel, EASY, 15, 2, 0.05, seed=3, s0=np.array([0.3, 0.7]))
     problem = Problem(kernel, GUESS, data, learn_initial=True, shooting=5)
@@ -221,6 +235,17 @@ def test_an_encoder_estimates_the_initial_states(kernel):
     assert f.initial["s"].shape == (3,) and f.window_initial["s"].shape == (1, 18)
     truth = kernel.forward(EASY, {"x": data["x"], "y": data["y"]}, initial={"s": np.array([0.2, -0.3, 0.5])})["s"]
     assert np.abs(f.initial["s"] - truth[1]).max() < 0.05                # the state after the 2 steps read
+
+
+def test_the_trainer_trains_an_encoder(kernel):
+    data = simulate(kernel, EASY, 80, 3, 0.02, seed=9, s0=np.array([0.2, -0.3, 0.5]))
+    best = gc.least_squares(kernel, GUESS, data, encoder=2, shooting=13, continuity=0.0)
+    trainer = gc.Trainer(kernel, gc.optim.Adam(gc.optim.cosine(0.05, 3000, 1e-4)), progress=False)
+    history = trainer.fit(GUESS, data, epochs=3000, batch_size=18, encoder=2, shooting=13, continuity=0.0)
+    assert set(trainer.encoder) == {"E", "e"} and trainer.window_initial["s"].shape == (1, 18)
+    assert np.abs(flat(trainer.params) - flat(best.params)).max() < 2e-3   # the encoder is ill-conditioned:
+    assert best.rss / 3 <= history.loss[-1] < 1.02 * best.rss / 3         # Adam comes near, LM gets there
+    assert set(trainer.state) == {"a", "b", "c"}
 
 
 def test_bounds_pass_through(kernel):

@@ -7,5 +7,7 @@ It owns: recognising the residuals of a sum-of-squares loss (``residuals``), the
 layout and the windows (``problem``), the residuals' Jacobian by forward mode (the RTRL
 tangent step) or reverse mode and the loss's gradient (``jacobian``), the fitters and their
 reports (``fitters``), and the Trainer's epochs over windows (``train``)."""
-from .fitters import Fit, Minimum, least_squares, minimize  # noqa: F401
-from .problem import Encoder  # noqa: F401
+from .fitters import Fit, Minimum, least_squares, minimize
+from .problem import Encoder
+
+__all__ = ["least_squares", "minimize", "Fit", "Minimum", "Encoder"]

@@ -60,9 +60,8 @@ class Fit:
         from scipy.stats import norm
         rows = len(self.labels) if initial else len(self.names)
         width = max([10] + [len(s) for s in self.labels[:rows]])
-        lines = [f"graphcomp least squares: {self.n_obs} residuals, {self.n_unknowns} unknowns, "
-                 f"sigma = {math.sqrt(self.sigma2):.4g}" if np.isfinite(self.sigma2) else
-                 f"graphcomp least squares: {self.n_obs} residuals, {self.n_unknowns} unknowns (no degrees of freedom left)",
+        sigma = f"sigma = {math.sqrt(self.sigma2):.4g}" if np.isfinite(self.sigma2) else "no degrees of freedom left"
+        lines = [f"graphcomp least squares: {self.n_obs} residuals, {self.n_unknowns} unknowns, {sigma}",
                  f"RSS = {self.rss:.6g}   log-likelihood = {self.llf:.6g}   AIC = {self.aic:.6g}   BIC = {self.bic:.6g}",
                  f"{self.report.nfev} residual and {self.report.njev} Jacobian evaluations ({self.jacobian} mode): "
                  f"{self.report.message}"]

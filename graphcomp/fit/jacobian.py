@@ -82,7 +82,6 @@ class Residuals:
         key = x.tobytes()
         if self._last is not None and self._last[0] == key:
             return self._last[1]
-        p = self.problem
         try:
             J = self._forward(x) if self.mode == "forward" else self._reverse(x)
         except NotFinite as e:

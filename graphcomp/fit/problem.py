@@ -352,7 +352,7 @@ def last_values(entries: dict, lengths: np.ndarray, states: dict, initial: dict)
     ``lengths`` steps, flat (B, K): from ``forward``'s states (T, B, ...) and, for a run
     shorter than k, its ``initial`` values (k, B, ...)."""
     B = len(lengths)
-    out, lo, cols = [], 0, np.arange(B)
+    out, cols = [], np.arange(B)
     for s, shape in entries.items():
         k = shape[0]
         run = np.concatenate([initial[s], states[s]])                   # (k + T, B, ...)

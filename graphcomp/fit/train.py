@@ -97,6 +97,7 @@ def fit_windows(trainer, params: dict | None, data, epochs: int, batch_size: int
     trainer.initial = problem.user_initial(X0)
     trainer.window_initial = problem.initial(X0) if W > N else None
     trainer.encoder = enc or None
+    trainer.state = {p: state[p] for p in trainer.train}   # the parameters' slots, as Trainer.save keeps them
     return history
 
 
