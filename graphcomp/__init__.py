@@ -8,6 +8,9 @@ from .lang.declare import (child, concat, cross_entropy, elementwise, exp, hadam
 from .errors import GraphcompError
 from .forecast.generate import generate
 from .forecast.predict import predict, simulate
+from .forecast import metrics
+from .forecast.plot import plot_forecast
+from .fit import Encoder, Fit, Minimum, least_squares, minimize
 from .kernel import Kernel, compile, export
 from . import models
 from .lang.recurrence import Recurrence
@@ -19,5 +22,6 @@ __version__ = "0.1.0"
 
 __all__ = ["t", "signal", "param", "Recurrence", "compile", "export", "Kernel", "GraphcompError", "tanh",
            "sigmoid", "relu", "exp", "log", "elementwise", "hadamard", "concat", "mse",
-           "cross_entropy", "ones", "child", "over_children", "models", "optim", "rtrl", "Trainer", "History", "generate",
-           "simulate", "predict"]
+           "cross_entropy", "ones", "child", "over_children", "models", "optim", "rtrl", "Trainer", "History",
+           "generate", "simulate", "predict", "metrics", "plot_forecast", "least_squares", "minimize", "Fit",
+           "Minimum", "Encoder"]

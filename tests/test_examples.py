@@ -8,12 +8,12 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def run(name: str) -> dict:
-    """Import examples/<name>.py by its path and run its main(short=True)."""
+def run(name: str, **options) -> dict:
+    """Import examples/<name>.py by its path and run its main(short=True, **options)."""
     spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.main(short=True)
+    return module.main(short=True, **options)
 
 
 def test_system_id_recovers_the_rates():
@@ -43,3 +43,27 @@ def test_adding_lstm_beats_elman():
     assert result["lstm"]["mse"] < 0.05 < 1 / 6
     assert result["lstm"]["mse"] < 0.5 * result["elman"]["mse"]
     assert result["lstm"]["accuracy"] > result["elman"]["accuracy"]
+
+
+def test_sunspots_networks_against_arima(tmp_path):
+    figure = tmp_path / "sunspots.png"
+    rmse = run("sunspots", figure=str(figure))
+    assert set(rmse) == {"ARIMA(9,0,0)", "NARX", "Elman"}
+    assert rmse["ARIMA(9,0,0)"]["one-step"] == pytest.approx(17.3, abs=0.1)   # statsmodels' own fit
+    for name, r in rmse.items():
+        assert 10 < r["one-step"] < 25 and r["one-step"] < r["free-run"] < 60, (name, r)
+    assert rmse["NARX"]["one-step"] < 1.1 * rmse["ARIMA(9,0,0)"]["one-step"]
+    assert figure.stat().st_size > 10_000
+
+
+def test_state_space_recovers_parameters_and_impulse_responses(tmp_path):
+    figure = tmp_path / "state_space.png"
+    results = run("state_space", figure=str(figure))
+    for name, r in results.items():
+        for p, true in r["truth"].items():
+            assert abs(r["params"][p] - true) < 3 * r["stderr"][p], (name, p)
+        for s, x0 in r["x0"].items():
+            assert np.abs(r["initial"][s] - x0).max() < 0.1, (name, s)
+        assert r["impulse_error"]["learned"] < min(0.05, 0.2 * r["impulse_error"]["zero"]), name
+    assert results["linear"]["impulse_error"]["learned"] < 0.01
+    assert figure.stat().st_size > 10_000

@@ -28,17 +28,22 @@ from ..errors import GraphcompError, NotFinite, is_count
 from ..ir import X, Node
 from ..lang.step import SignalInfo, Step, Sweep
 
-__all__ = ["tangent_step", "loss_and_grad", "Online"]
+__all__ = ["tangent_step", "loss_and_grad", "sensitivities", "initial_entries", "Online"]
 
 TAN, DIR, ROW, COL = "{}__tan", "{}__dir", "{}__row", "{}__col"
 LOSS, DLOSS = "rtrl__L", "rtrl__dL"   # the tangent step's outputs
+CLOCK = "rtrl__clock"   # a state of a stateless model's tangent step (see _compiled_outputs)
 CHUNK_FLOATS, MIN_CHUNK = 1 << 16, 8   # a chunk of time: 512 KB of the tangent step's signals, >= 8 steps
 
 
-def tangent_step(step: Step) -> Step:
+def tangent_step(step: Step, outputs: dict | None = None) -> Step:
     """The tangent step of a recurrence: its states and their sensitivities, with outputs
-    ``rtrl__L`` (the loss) and ``rtrl__dL`` (its derivative along the row's parameter scalar)."""
-    _check_forward(step)
+    ``rtrl__L`` (the loss) and ``rtrl__dL`` (its derivative along the row's parameter scalar).
+    ``outputs`` {name: node of ``step``} differentiates these nodes instead of the loss (a
+    least-squares fit's residuals): the outputs are then each node under its name and its
+    tangent under ``name__tan``."""
+    _check_forward(step, need_loss=outputs is None)
+    targets = {LOSS: step.loss} if outputs is None else dict(outputs)
     order = [s for sweep in step.sweeps for s in sweep.states]
     tangents, units = {}, {}
     for p, shape in step.params.items():
@@ -49,7 +54,7 @@ def tangent_step(step: Step) -> Step:
         else:   # e_i e_jᵀ, a placeholder until the products that read it are rewritten
             tangents[ir.param(p, shape)] = unit = ir.var(("rtrl", p), shape, batched=True)
             units[unit] = (_unit(shape[0], ROW.format(p)), _unit(shape[1], COL.format(p)))
-    roots = [step.updates[s] for s in order] + [step.loss]
+    roots = [step.updates[s] for s in order] + list(targets.values())
     for node in ir.toposort(roots):
         if node.op == "read" and node.attr[0] in step.updates:
             tangents[node] = ir.read(TAN.format(node.attr[0]), node.attr[1], node.shape)
@@ -58,7 +63,11 @@ def tangent_step(step: Step) -> Step:
     updates = {}
     for s, root, d in zip(order, roots, tans):
         updates[s], updates[TAN.format(s)] = root, d
-    outputs = {LOSS: step.loss, DLOSS: tans[-1]}
+    if outputs is None:
+        outputs = {LOSS: step.loss, DLOSS: tans[-1]}
+    else:
+        outputs = {k: v for (name, node), d in zip(targets.items(), tans[len(order):])
+                   for k, v in ((name, node), (TAN.format(name), d))}
     nodes = ir.toposort([*updates.values(), *outputs.values()])
     offsets: dict = {}
     for node in nodes:
@@ -70,6 +79,7 @@ def tangent_step(step: Step) -> Step:
             shape = step.signals[name].shape if name in step.signals else ()
             signals[name] = SignalInfo(name, "input", shape, tuple(sorted(offs)))
     ours = {TAN.format(s) for s in order} | {f.format(p) for p in step.params for f in (DIR, ROW, COL)}
+    ours |= {n for name in targets for n in (name, TAN.format(name)) if name != LOSS}
     clash = sorted(n for n in {*step.signals, *step.params, *step.outputs} if n in ours or n.startswith("rtrl__"))
     if clash:
         raise GraphcompError(f"the names {clash} are used by real-time recurrent learning for sensitivities; "
@@ -78,9 +88,10 @@ def tangent_step(step: Step) -> Step:
     return Step(signals, {**step.params, **params}, updates, outputs, None, (Sweep(1, tuple(updates)),))
 
 
-def _check_forward(step: Step) -> None:
-    """RTRL runs forward in time: a loss, and no read of a value after step t."""
-    if step.loss is None:
+def _check_forward(step: Step, need_loss: bool = True) -> None:
+    """RTRL runs forward in time: a loss (unless other nodes are differentiated), and no read
+    of a value after step t."""
+    if need_loss and step.loss is None:
         raise GraphcompError("the model has no loss: pass loss=... to gc.Recurrence")
     for name, info in step.signals.items():
         ahead = max(info.offsets, default=0)
@@ -155,16 +166,7 @@ class Carry:
 
     def _directions(self) -> dict:
         """Each direction input's value on every row (P·B,)."""
-        out, lo = {}, 0
-        for p, size in self.sizes.items():
-            entry = np.full(max(self.P, 1), -1)   # the entry of p a row differentiates, or -1
-            entry[lo:lo + size] = np.arange(size)
-            cols = (self.program.params[p] + (1, 1))[1]
-            out[DIR.format(p)] = (entry == 0).astype(float)
-            out[ROW.format(p)] = np.where(entry >= 0, entry // cols, -1).astype(float)
-            out[COL.format(p)] = np.where(entry >= 0, entry % cols, -1).astype(float)
-            lo += size
-        return {n: np.repeat(v, self.B) for n, v in out.items() if n in self.step.signals}
+        return _directions(self.program.params, self.step, max(self.P, 1), self.B)
 
     def run(self, params: dict, inputs: dict, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Advance over the steps of ``inputs`` ((C, B, ...) each, the user's layout); ``valid``
@@ -191,6 +193,22 @@ class Carry:
     def state(self) -> dict:
         """The original signals' carried values, ``kernel.step``'s state: (k, B, ...)."""
         return {n: v[:, :self.B].copy() for n, v in self.carried.items() if n in self.program.signals}
+
+
+def _directions(params: dict, tangent: Step, D: int, B: int) -> dict:
+    """Each direction input's value on every row (D·B,), row d·B + b: direction d < P is
+    the d-th parameter scalar (parameters in order, each raveled); later ones none."""
+    out, lo = {}, 0
+    for p, shape in params.items():
+        size = math.prod(shape)
+        entry = np.full(D, -1)   # the entry of p a row differentiates, or -1
+        entry[lo:lo + size] = np.arange(size)[:max(0, min(size, D - lo))]
+        cols = (shape + (1, 1))[1]
+        out[DIR.format(p)] = (entry == 0).astype(float)
+        out[ROW.format(p)] = np.where(entry >= 0, entry // cols, -1).astype(float)
+        out[COL.format(p)] = np.where(entry >= 0, entry % cols, -1).astype(float)
+        lo += size
+    return {n: np.repeat(v, B) for n, v in out.items() if n in tangent.signals}
 
 
 # ---------------------------------------------------------------- the public API
@@ -302,3 +320,90 @@ class Online:
     def state(self) -> dict:
         """The state to pass to ``kernel.step`` or ``kernel.stream`` to go on from here."""
         return self._start if self._carry is None else self._carry.state()
+
+
+# ---------------------------------------------------------------- whole-sequence sensitivities
+
+def initial_entries(step: Step) -> dict:
+    """The states' initial values, as ``initial`` takes them per sequence: {state: (k, *shape)}
+    for every forward state read up to k steps back."""
+    return {n: (i.history,) + i.array_shape for n, i in step.signals.items()
+            if i.role == "state" and i.history and i.direction > 0}
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_outputs(kernel, outputs: tuple):
+    step = tangent_step(kernel.program, dict(outputs))
+    if not step.updates:
+        # a stateless step whose work is all hoisted leaves the Numba emitter an empty time
+        # loop, which it cannot write yet: a state that holds zero keeps the loop non-empty
+        clock = ir.read(CLOCK, -1, ())
+        step = Step({CLOCK: SignalInfo(CLOCK, "state", (), (-1,)), **step.signals}, step.params, {CLOCK: clock},
+                    step.outputs, None, (Sweep(1, (CLOCK,)),))
+    return step, kernel.derived(step)
+
+
+def sensitivities(kernel, outputs: dict, params: dict, inputs: dict | None = None, lengths=None,
+                  initial: dict | None = None, *, wrt_initial: bool = False, tangents: bool = True) -> dict:
+    """Values and exact forward-mode derivatives of ``outputs`` {name: node of the kernel's
+    step} (a fit's residuals, say) and of every state, over whole sequences.
+
+    Returns {name: (value (T, B, ...), tangent (T, D, B, ...))}. The D directions are every
+    parameter scalar (parameters in the order of ``kernel.program.params``, each raveled), then,
+    with ``wrt_initial``, every entry of the states' initial values (``initial_entries``, state
+    by state, each raveled): tangent[:, P + k, b] is the derivative with respect to entry k of
+    sequence b's own initial values. Outputs are zero past a sequence's length, states keep
+    their last value. One call of the tangent kernel on D·B rows, so memory grows with T·D·B.
+    ``tangents=False``: the values alone (the tangents of one direction are computed, unused)."""
+    step = kernel.program
+    _check_forward(step, need_loss=False)
+    tangent, tkernel = _compiled_outputs(kernel, tuple(outputs.items()))
+    roots = [*step.updates.values(), *outputs.values()]
+    read = {n.attr[0] for n in ir.toposort(roots) if n.op == "read"}
+    batch = prepare(step, params, inputs, lengths, initial, with_loss=True,
+                    needed=[n for n in step.inputs if n in read])
+    B = batch.B
+    P = sum(math.prod(shape) for shape in step.params.values())
+    entries = initial_entries(step) if wrt_initial else {}
+    D = max(P + sum(math.prod(e) for e in entries.values()), 1) if tangents else 1
+    tile = lambda a, axis: np.broadcast_to(np.expand_dims(a, axis), a.shape[:axis] + (D,) + a.shape[axis:]) \
+        .reshape(a.shape[:axis] + (D * B,) + a.shape[axis + 1:])
+    given = {n: tile(_user(step, n, a), 1) for n, a in batch.inputs.items()}
+    given.update({n: np.broadcast_to(v, (batch.T, D * B)) for n, v in _directions(step.params, tangent, D, B).items()})
+    first, lo = {}, P   # each state's first direction
+    for state, shape in entries.items():
+        first[state], lo = lo, lo + math.prod(shape)
+    carried = {}
+    for name, info in tangent.signals.items():
+        if not info.history:
+            continue
+        if name in step.signals or name == CLOCK:   # the original signals start from the given values
+            if name == CLOCK:
+                carried[name] = np.zeros((1, D * B))
+                continue
+            carried[name] = tile(_user(step, name, batch.initial[name]), 1)
+            continue
+        state = name[:-len(TAN.format(""))]
+        seed = np.zeros((info.history, D, B) + info.array_shape)
+        if state in entries and tangents:   # a unit tangent for each entry of the state's initial values
+            k, size = entries[state][0], math.prod(entries[state][1:])
+            for j in range(k - info.history, k):
+                for c in range(size):
+                    at = (j - k + info.history, first[state] + j * size + c, slice(None))
+                    seed[at + np.unravel_index(c, entries[state][1:])] = 1.0
+        carried[name] = seed.reshape((info.history, D * B) + info.array_shape)
+    iotas = {p: np.arange(shape[0], dtype=float) for p, shape in tangent.params.items() if p not in step.params}
+    try:
+        out = tkernel.forward({**params, **iotas}, given, np.tile(batch.lengths, D), carried)
+    except NotFinite:
+        kernel.forward(params, {n: _user(step, n, a) for n, a in batch.inputs.items()}, batch.lengths, initial)
+        raise NotFinite("the sensitivities of the states overflow although every state is finite: the "
+                        "recurrence is too sensitive to its parameters over this many steps (cut the "
+                        "sequences into windows, e.g. shooting=k in a fit)") from None
+    result = {}
+    for name in [*(s for s in step.states if step.signals[s].direction > 0), *outputs]:
+        value, tan = out[name], out.get(TAN.format(name))
+        if tan is None:   # a value that does not depend on θ
+            tan = np.zeros_like(value)
+        result[name] = (value[:, :B], tan.reshape((batch.T, D, B) + tan.shape[2:]) if tangents else None)
+    return result

@@ -32,6 +32,23 @@ class History:
     seconds: list = field(default_factory=list)
     stopped: str = ""   # why training stopped before its last epoch, if it did
 
+    def plot(self, ax=None, *, log: bool = True):
+        """The training (and validation) loss against the epochs, on a log scale unless
+        ``log=False``, drawn with matplotlib on ``ax`` (None: a new figure). Returns the axes."""
+        from ..forecast.plot import pyplot
+        if ax is None:
+            _, ax = pyplot().subplots(figsize=(6, 3.5))
+        epochs = np.arange(1, len(self.loss) + 1)
+        ax.plot(epochs, self.loss, label="training loss")
+        if self.val_loss:
+            ax.plot(np.arange(1, len(self.val_loss) + 1), self.val_loss, label="validation loss")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("mean loss per sequence")
+        if log and self.loss and min(self.loss + self.val_loss) > 0:
+            ax.set_yscale("log")
+        ax.legend()
+        return ax
+
 
 @dataclass
 class Sequences:
@@ -167,6 +184,9 @@ class Trainer:
         self._params: dict | None = None   # float64 master copies, updated in place
         self.state: dict | None = None   # the optimizer's slots
         self.steps = 0                   # updates so far
+        self.initial: dict | None = None         # learned initial states (fit(learn_initial=..., shooting=...))
+        self.window_initial: dict | None = None  # under shooting, every window's
+        self.encoder: dict | None = None         # the encoder's parameters (fit(encoder=...))
 
     @property
     def params(self) -> dict | None:
@@ -179,14 +199,29 @@ class Trainer:
 
     # ------------------------------------------------------------ fitting
     def fit(self, params: dict | None, data, epochs: int = 1, batch_size: int = 32, *, lengths=None,
-            validation=None, patience: int | None = None, seed: int = 0, batch_first: bool = False) -> History:
+            validation=None, patience: int | None = None, seed: int = 0, batch_first: bool = False,
+            learn_initial: bool = False, shooting: int | None = None, continuity=1.0, encoder=None,
+            initial: dict | None = None) -> History:
         """Train for ``epochs`` passes over ``data`` in shuffled minibatches of ``batch_size``
         sequences of similar length. ``params=None`` continues from the trainer's parameters
         and optimizer state (after ``fit`` or ``load``). ``validation`` (data in the same forms)
         is evaluated after each epoch; with ``patience`` training stops when it has not
         improved for that many epochs and the best parameters are kept. ``batch_first=True``:
         padded arrays (of ``data`` and ``validation``) are ``(N, T, ...)``. The trained
-        parameters are in ``trainer.params``."""
+        parameters are in ``trainer.params``.
+
+        Initial states (see ``gc.least_squares``): ``learn_initial=True`` learns each sequence's
+        (``initial`` the starting guess); ``shooting=k`` trains on windows of k steps, each with
+        its own learned initial state, adding ``continuity`` (a weight, or a function epoch ->
+        weight) times ‖gap‖² between a window's initial state and the end of the one before;
+        ``encoder=m`` estimates them from the m steps before each window. They come back in
+        ``trainer.initial``, ``trainer.window_initial`` and ``trainer.encoder``; these epochs run
+        in Python, and validation sequences start from zero states (or the encoder's)."""
+        if learn_initial or shooting is not None or encoder is not None:
+            from ..fit.train import fit_windows
+            return fit_windows(self, params, data, epochs, batch_size, lengths=lengths, validation=validation,
+                               patience=patience, seed=seed, batch_first=batch_first, learn_initial=learn_initial,
+                               shooting=shooting, continuity=continuity, encoder=encoder, initial=initial)
         if params is None:
             if self._params is None:
                 raise GraphcompError("no parameters to continue from: pass params, or load a checkpoint first")
