@@ -144,7 +144,21 @@ class NumbaBackend:
     def standalone(self) -> str:
         """One module with the runtime, the loops and the drivers: needs only NumPy and Numba."""
         dtype = self.dtype.name
-        parts = [HEAD.format(what="the kernels of one recurrence", dtype=dtype), header(dtype, standalone=True)]
+        names = self._plans
+        first = "loss_and_grad" if "loss_and_grad" in names else "forward"
+        plan = self.kernel(first).plan
+        signals = {s: dict(before=plan.buffer(f"{s}_").before, rows=plan.buffer(f"{s}_").rows,
+                           width=plan.buffer(f"{s}_").width) for s in plan.signals}
+        params = {p: shape[:1] if shape[1:] == (1,) else shape for p, shape in self.step.params.items()}
+        call = self.kernel(first).driver_source.split(f"def {first}(", 1)[1].split(")", 1)[0]
+        usage = (f"\n\nEntry points: {', '.join(names)}. For example\n\n"
+                 f"    work = np.empty(work_size_{first}(T, B))\n"
+                 f"    {'loss, grads' if first == 'loss_and_grad' else 'outputs'} = {first}({call})\n\n"
+                 "with each signal's timeline laid out as SIGNALS says (rows of B, `before` steps of margin\n"
+                 "first, zeros there unless initial values), the parameters in PARAMS's order and shapes;\n"
+                 "loss_and_grad returns the loss and {parameter name: gradient}.")
+        head = HEAD.format(what="the kernels of one recurrence", dtype=dtype).replace('."""', usage + '"""', 1)
+        parts = [head, f"SIGNALS = {signals!r}\nPARAMS = {params!r}\n", header(dtype, standalone=True)]
         for name in self._plans:
             plan = self.kernel(name).plan
             loops, args, sizes = loops_module(plan, dtype, "")
