@@ -15,7 +15,7 @@ import sympy as sp
 from .. import ir
 from ..ir.autodiff import LOSS, adjoint, grad_var
 from ..ir import X, Node
-from ..ir.passes import fused_step
+from ..ir.passes import fuse_products, fused_step
 from ..lang.step import Step
 from .nodes import Kernel, Outer, Place, Seed, Steps, Weight, check, Clear
 from .region import Builder, Region, Sink, Unsupported, kind, length, resolve, width
@@ -235,9 +235,14 @@ class Plans:
                         sends.setdefault((name, off), []).append(ir.substitute([node], seeds)[0])
                 for q, node in adj.params[who].items():
                     grads.setdefault(q, []).append(ir.substitute([node], seeds)[0])
-            sinks = [Sink(ir.add(*nodes), self.timeline(b, name, off, "cot"), "+=", "zero")
-                     for (name, off), nodes in sends.items()]
-            out.append((sweep, sinks, {q: ir.add(*nodes) for q, nodes in grads.items()}))
+            sent = {key: ir.add(*nodes) for key, nodes in sends.items()}
+            grads = {q: ir.add(*nodes) for q, nodes in grads.items()}
+            # products of one cotangent with several weights (δ Wᵀ to h(i-1, j) and δ Rᵀ to
+            # h(i, j-1); a second layer's δ to its own past and to the layer below): one product
+            fused = fuse_products([*sent.values(), *grads.values()])
+            sinks = [Sink(fused[node], self.timeline(b, name, off, "cot"), "+=", "zero")
+                     for (name, off), node in sent.items()]
+            out.append((sweep, sinks, {q: fused[node] for q, node in grads.items()}))
         return out
 
     def _tapes(self, b: Builder, roots: list, sweeps: list, known: dict, dep) -> dict:
