@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from .epoch import Epoch
+from .grids import Grids, grids
 from ..errors import GraphcompError, NotFinite, is_count
 from ..kernel import Kernel, compile
 from ..grad.methods import check_cuttable
@@ -41,6 +42,11 @@ class Sequences:
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+    @property
+    def key(self) -> np.ndarray:
+        """The order that puts sequences of similar length together."""
+        return self.lengths
 
     def batch(self, index: np.ndarray) -> tuple[dict, np.ndarray]:
         lengths = self.lengths[index]
@@ -156,11 +162,15 @@ class Trainer:
             if tbptt[1] < tbptt[0]:
                 raise GraphcompError(f"tbptt=(k1, k2) backpropagates each update's k1 steps through the last k2, "
                                      f"so k2 must be at least k1; got k1={tbptt[0]}, k2={tbptt[1]}")
+            if step.grid:
+                raise GraphcompError("tbptt cuts sequences into windows of steps; a grid model trains on whole "
+                                     "images: drop tbptt")
             check_cuttable(step, "tbptt", "train it without tbptt")
         if compiled not in (True, False, "auto"):
             raise GraphcompError(f"compiled must be True, False or 'auto', got {compiled!r}")
-        if compiled is True and (tbptt is not None or self.kernel.backend != "numba"):
-            why = "tbptt runs in Python" if tbptt is not None else f"the {self.kernel.backend!r} backend has none"
+        if compiled is True and (tbptt is not None or self.kernel.backend != "numba" or step.grid):
+            why = "tbptt runs in Python" if tbptt is not None else \
+                "the compiled epoch runs sequences, not grids" if step.grid else f"the {self.kernel.backend!r} backend has none"
             raise GraphcompError(f"compiled=True cannot be: {why}; use compiled='auto' or False")
         self.tbptt, self.progress, self.callback, self.compiled = tbptt, progress, callback, compiled
         self._epoch: Epoch | None = None
@@ -186,7 +196,10 @@ class Trainer:
         is evaluated after each epoch; with ``patience`` training stops when it has not
         improved for that many epochs and the best parameters are kept. ``batch_first=True``:
         padded arrays (of ``data`` and ``validation``) are ``(N, T, ...)``. The trained
-        parameters are in ``trainer.params``."""
+        parameters are in ``trainer.params``. A grid model trains on images: a dict of padded
+        index-major arrays ``(I, J, N, ...)`` with ``lengths=(heights, widths)``, or a list of
+        examples, each a dict of arrays ``(I_n, J_n, ...)``; minibatches hold images of similar
+        size, and the loss is the mean per image."""
         if params is None:
             if self._params is None:
                 raise GraphcompError("no parameters to continue from: pass params, or load a checkpoint first")
@@ -200,8 +213,8 @@ class Trainer:
             self.state, self.steps = None, 0
         if self.state is None:
             self.state = self.optimizer.init({p: self._params[p] for p in self.train})
-        data = sequences(data, lengths, batch_first)
-        val = None if validation is None else sequences(validation, batch_first=batch_first)
+        data = self._data(data, lengths, batch_first)
+        val = None if validation is None else self._data(validation, None, batch_first)
         if patience is not None and val is None:
             raise GraphcompError("patience stops on the validation loss: pass validation=... too")
         if not is_count(batch_size):
@@ -215,7 +228,7 @@ class Trainer:
         try:
             for epoch in range(epochs):
                 start, total, seen = time.perf_counter(), 0.0, 0
-                batches = _minibatches(data.lengths, batch_size, rng)
+                batches = _minibatches(data.key, batch_size, rng)
                 if runner is not None:   # all of them in compiled code, but one that fails
                     losses, done, prev = runner.run(self._params, self.state, arrays, data.lengths, batches,
                                                     self.steps, self.clip_norm, self.clip_value)
@@ -258,26 +271,40 @@ class Trainer:
 
     def _compiled_epoch(self, updates: int):
         """The compiled epoch, if this fit uses one (built once per trainer)."""
-        use = self.compiled is True or (self.compiled == "auto" and self.tbptt is None and
-                                        self.kernel.backend == "numba" and updates >= COMPILED_EPOCH_UPDATES)
+        use = self.compiled is True or (self.compiled == "auto" and self.tbptt is None and not self.kernel.program.grid
+                                        and self.kernel.backend == "numba" and updates >= COMPILED_EPOCH_UPDATES)
         if use and (self._epoch is None or self._epoch.train != self.train):
             self._epoch = Epoch(self.kernel, self.optimizer, self.train)
         return self._epoch if use else None
 
     def evaluate(self, data, params: dict | None = None, batch_size: int = 256, *, lengths=None,
                  batch_first: bool = False) -> float:
-        """The mean loss per sequence over ``data`` (in the forms ``fit`` takes)."""
-        data, params = sequences(data, lengths, batch_first), self._params if params is None else params
+        """The mean loss per sequence (or image) over ``data`` (in the forms ``fit`` takes)."""
+        data, params = self._data(data, lengths, batch_first), self._params if params is None else params
         total = 0.0
-        for index in np.array_split(np.argsort(data.lengths), -(-len(data) // batch_size)):
+        for index in np.array_split(np.argsort(data.key, kind="stable"), -(-len(data) // batch_size)):
             inputs, lengths = data.batch(index)
             loss, _ = self.kernel.loss_and_grad(params, inputs, lengths=lengths)
             total += float(loss) * len(index)
         return total / len(data)
 
-    def _update(self, inputs: dict, lengths: np.ndarray, epoch: int) -> float:
+    def _data(self, data, lengths, batch_first: bool) -> Sequences | Grids:
+        """Training data in the forms ``fit`` takes: sequences, or images over a grid model's axes."""
+        step = self.kernel.program
+        if not step.grid:
+            return sequences(data, lengths, batch_first)
+        if batch_first:
+            raise GraphcompError(f"batch_first is for sequences; grid data is index-major "
+                                 f"({', '.join(str(a).upper() for a in step.axes)}, N, ...): drop batch_first")
+        return grids(data, lengths, step.axes)
+
+    def _update(self, inputs: dict, lengths, epoch: int) -> float:
         """One minibatch: loss and gradient (by windows under tbptt), clipping, an update per
         gradient. Returns the minibatch's mean loss per sequence."""
+        if self.kernel.program.grid:   # whole images: one gradient, one update
+            loss, grads = self._loss_and_grad(inputs, lengths, None, epoch)
+            self._apply({p: np.array(grads[p], np.float64) for p in self.train})
+            return loss
         T, B = int(lengths.max()), len(lengths)
         k1, k2 = self.tbptt or (T, T)
         loss, state, start = 0.0, None, 0   # state: every delayed signal's history at step `start`
@@ -299,16 +326,20 @@ class Trainer:
             grads = {p: np.array(grads[p], np.float64) for p in self.train}   # 0-d arrays stay arrays
             for g in grads.values():
                 g *= share
-            clip(grads, self.clip_norm, self.clip_value)
             nxt = max(min(hi + k1, T) - k2, 0)   # where the next window starts
             if hi < T and nxt > start:   # its state, under the parameters this window ran with
                 head = {n: a[:nxt - start] for n, a in window.items()}
                 state = self._carry(head, np.minimum(steps, nxt - start), initial, state, live, B)
                 start = nxt
-            self._last_good = _copy(self._params)
-            self.optimizer.update(self._params, grads, self.state, self.steps)
-            self.steps += 1
+            self._apply(grads)
         return loss
+
+    def _apply(self, grads: dict) -> None:
+        """Clip a gradient (float64 arrays, changed in place) and update the parameters with it."""
+        clip(grads, self.clip_norm, self.clip_value)
+        self._last_good = _copy(self._params)
+        self.optimizer.update(self._params, grads, self.state, self.steps)
+        self.steps += 1
 
     def _loss_and_grad(self, inputs, lengths, initial, epoch):
         try:
@@ -384,8 +415,9 @@ class Trainer:
 
 
 def _minibatches(lengths: np.ndarray, batch_size: int, rng) -> list:
-    """Shuffled minibatches of sequences of similar length: shuffle, sort windows of 8
-    minibatches by length, cut them, and shuffle the minibatches' order."""
+    """Shuffled minibatches of sequences of similar length (of images of similar size, by the
+    data's ``key``): shuffle, sort windows of 8 minibatches by length, cut them, and shuffle
+    the minibatches' order."""
     order = rng.permutation(len(lengths))
     window = 8 * batch_size
     batches = []
