@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything graphcomp needs on a fresh Debian machine: the graphviz `dot` binary
-# and the package with its Python dependencies. `setup.sh test` adds the test tools and the
+# and the package with its Python dependencies. `setup.sh test` adds the test tools (pytest,
+# hypothesis, scikit-learn for the digits example: the `test` extra) and the
 # CPU build of PyTorch the parity tests compare against.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -43,3 +43,10 @@ def test_adding_lstm_beats_elman():
     assert result["lstm"]["mse"] < 0.05 < 1 / 6
     assert result["lstm"]["mse"] < 0.5 * result["elman"]["mse"]
     assert result["lstm"]["accuracy"] > result["elman"]["accuracy"]
+
+
+def test_digits_2d_learns_the_digits():
+    result = run("digits_2d")
+    assert result["logistic"] > 0.95                  # the baseline on the same split
+    assert result["accuracy"] > 0.8                   # short mode (10 classes); the full run beats the baseline
+    assert result["loss"][-1] < 0.5 * result["loss"][0]
