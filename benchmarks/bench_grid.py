@@ -9,6 +9,7 @@ one call instead, marked * in the table.
 
     python benchmarks/bench_grid.py                          # every size, both models
     python benchmarks/bench_grid.py --sizes small --models mdrnn --repeat 3
+    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_grid.py --peers jax   # graphcomp on one BLAS thread
 """
 from __future__ import annotations
 

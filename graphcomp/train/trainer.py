@@ -282,7 +282,7 @@ class Trainer:
         """The mean loss per sequence (or image) over ``data`` (in the forms ``fit`` takes)."""
         data, params = self._data(data, lengths, batch_first), self._params if params is None else params
         total = 0.0
-        for index in np.array_split(np.argsort(data.key, kind="stable"), -(-len(data) // batch_size)):
+        for index in np.array_split(np.argsort(data.key), -(-len(data) // batch_size)):
             inputs, lengths = data.batch(index)
             loss, _ = self.kernel.loss_and_grad(params, inputs, lengths=lengths)
             total += float(loss) * len(index)
