@@ -67,3 +67,10 @@ def test_state_space_recovers_parameters_and_impulse_responses(tmp_path):
         assert r["impulse_error"]["learned"] < min(0.05, 0.2 * r["impulse_error"]["zero"]), name
     assert results["linear"]["impulse_error"]["learned"] < 0.01
     assert figure.stat().st_size > 10_000
+
+
+def test_digits_2d_learns_the_digits():
+    result = run("digits_2d")
+    assert result["logistic"] > 0.95                  # the baseline on the same split
+    assert result["accuracy"] > 0.8                   # short mode (10 classes); the full run beats the baseline
+    assert result["loss"][-1] < 0.5 * result["loss"][0]

@@ -15,6 +15,7 @@ import numpy as np
 
 from . import checkpoint
 from .epoch import Epoch
+from .grids import Grids, grids
 from ..errors import GraphcompError, NotFinite, is_count
 from ..kernel import Kernel, compile
 from ..grad.methods import check_cuttable
@@ -60,6 +61,11 @@ class Sequences:
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+    @property
+    def key(self) -> np.ndarray:
+        """The order that puts sequences of similar length together."""
+        return self.lengths
 
     def batch(self, index: np.ndarray) -> tuple[dict, np.ndarray]:
         lengths = self.lengths[index]
@@ -181,11 +187,15 @@ class Trainer:
             if tbptt[1] < tbptt[0]:
                 raise GraphcompError(f"tbptt=(k1, k2) backpropagates each update's k1 steps through the last k2, "
                                      f"so k2 must be at least k1; got k1={tbptt[0]}, k2={tbptt[1]}")
+            if step.grid:
+                raise GraphcompError("tbptt cuts sequences into windows of steps; a grid model trains on whole "
+                                     "images: drop tbptt")
             check_cuttable(step, "tbptt", "train it without tbptt")
         if compiled not in (True, False, "auto"):
             raise GraphcompError(f"compiled must be True, False or 'auto', got {compiled!r}")
-        if compiled is True and (tbptt is not None or self.kernel.backend != "numba"):
-            why = "tbptt runs in Python" if tbptt is not None else f"the {self.kernel.backend!r} backend has none"
+        if compiled is True and (tbptt is not None or self.kernel.backend != "numba" or step.grid):
+            why = "tbptt runs in Python" if tbptt is not None else \
+                "the compiled epoch runs sequences, not grids" if step.grid else f"the {self.kernel.backend!r} backend has none"
             raise GraphcompError(f"compiled=True cannot be: {why}; use compiled='auto' or False")
         self.tbptt, self.progress, self.callback, self.compiled = tbptt, progress, callback, compiled
         self._epoch: Epoch | None = None
@@ -218,7 +228,10 @@ class Trainer:
         is evaluated after each epoch; with ``patience`` training stops when it has not
         improved for that many epochs and the best parameters are kept. ``batch_first=True``:
         padded arrays (of ``data`` and ``validation``) are ``(N, T, ...)``. The trained
-        parameters are in ``trainer.params``.
+        parameters are in ``trainer.params``. A grid model trains on images: a dict of padded
+        index-major arrays ``(I, J, N, ...)`` with ``lengths=(heights, widths)``, or a list of
+        examples, each a dict of arrays ``(I_n, J_n, ...)``; minibatches hold images of similar
+        size, and the loss is the mean per image.
 
         Initial states (see ``gc.least_squares``): ``learn_initial=True`` learns each sequence's
         (``initial`` the starting guess); ``shooting=k`` trains on windows of k steps, each with
@@ -233,6 +246,9 @@ class Trainer:
         killed at any moment and resumed ends with the same parameters, to the last bit, as
         one never interrupted (same arguments, same seed)."""
         if learn_initial or shooting is not None or encoder is not None:
+            if self.kernel.program.grid:
+                raise GraphcompError("learn_initial, shooting and encoder are for sequences; a grid model's reads "
+                                     "outside an image see zeros or initial={state: (B, n)}: drop them")
             if checkpoint is not None:
                 raise GraphcompError("checkpoints cover fits of the parameters alone; with learn_initial, shooting or "
                                      "encoder, save the trainer after fit instead")
@@ -251,8 +267,8 @@ class Trainer:
         if params is None and self._params is None and saved is None:
             raise GraphcompError("no parameters to continue from: pass params, or load a checkpoint first")
         start = None if params is None else self._start(params)
-        data = sequences(data, lengths, batch_first)
-        val = None if validation is None else sequences(validation, batch_first=batch_first)
+        data = self._data(data, lengths, batch_first)
+        val = None if validation is None else self._data(validation, None, batch_first)
         if patience is not None and val is None:
             raise GraphcompError("patience stops on the validation loss: pass validation=... too")
         if not is_count(batch_size):
@@ -277,7 +293,7 @@ class Trainer:
                 clock = time.perf_counter()
                 if epoch != run.epoch or run.begin is None:   # else resumed within it
                     run.start(epoch, rng)
-                batches = _minibatches(data.lengths, batch_size, rng)
+                batches = _minibatches(data.key, batch_size, rng)
                 self._run_epoch(epoch, batches, data, run, runner, arrays, (checkpoint, every, plan), bar)
                 history.loss.append(run.total / len(data))
                 history.lr.append(self.optimizer.rate(max(self.steps - 1, 0)))
@@ -308,7 +324,7 @@ class Trainer:
             self._save(checkpoint, run, plan)
         return history
 
-    def _run_epoch(self, epoch: int, batches: list, data: Sequences, run: "_Run", runner, arrays, keep: tuple,
+    def _run_epoch(self, epoch: int, batches: list, data: "Sequences | Grids", run: "_Run", runner, arrays, keep: tuple,
                    bar) -> None:
         """Train on the epoch's minibatches from ``run.batch`` on, adding to ``run``'s totals;
         ``keep = (checkpoint, every, plan)`` saves the fit every ``every`` updates. The compiled
@@ -369,26 +385,40 @@ class Trainer:
 
     def _compiled_epoch(self, updates: int):
         """The compiled epoch, if this fit uses one (built once per trainer)."""
-        use = self.compiled is True or (self.compiled == "auto" and self.tbptt is None and
-                                        self.kernel.backend == "numba" and updates >= COMPILED_EPOCH_UPDATES)
+        use = self.compiled is True or (self.compiled == "auto" and self.tbptt is None and not self.kernel.program.grid
+                                        and self.kernel.backend == "numba" and updates >= COMPILED_EPOCH_UPDATES)
         if use and (self._epoch is None or self._epoch.train != self.train):
             self._epoch = Epoch(self.kernel, self.optimizer, self.train)
         return self._epoch if use else None
 
     def evaluate(self, data, params: dict | None = None, batch_size: int = 256, *, lengths=None,
                  batch_first: bool = False) -> float:
-        """The mean loss per sequence over ``data`` (in the forms ``fit`` takes)."""
-        data, params = sequences(data, lengths, batch_first), self._params if params is None else params
+        """The mean loss per sequence (or image) over ``data`` (in the forms ``fit`` takes)."""
+        data, params = self._data(data, lengths, batch_first), self._params if params is None else params
         total = 0.0
-        for index in np.array_split(np.argsort(data.lengths), -(-len(data) // batch_size)):
+        for index in np.array_split(np.argsort(data.key), -(-len(data) // batch_size)):
             inputs, lengths = data.batch(index)
             loss, _ = self.kernel.loss_and_grad(params, inputs, lengths=lengths)
             total += float(loss) * len(index)
         return total / len(data)
 
-    def _update(self, inputs: dict, lengths: np.ndarray, epoch: int) -> float:
+    def _data(self, data, lengths, batch_first: bool) -> Sequences | Grids:
+        """Training data in the forms ``fit`` takes: sequences, or images over a grid model's axes."""
+        step = self.kernel.program
+        if not step.grid:
+            return sequences(data, lengths, batch_first)
+        if batch_first:
+            raise GraphcompError(f"batch_first is for sequences; grid data is index-major "
+                                 f"({', '.join(str(a).upper() for a in step.axes)}, N, ...): drop batch_first")
+        return grids(data, lengths, step.axes)
+
+    def _update(self, inputs: dict, lengths, epoch: int) -> float:
         """One minibatch: loss and gradient (by windows under tbptt), clipping, an update per
         gradient. Returns the minibatch's mean loss per sequence."""
+        if self.kernel.program.grid:   # whole images: one gradient, one update
+            loss, grads = self._loss_and_grad(inputs, lengths, None, epoch)
+            self._update_params({p: np.array(grads[p], np.float64) for p in self.train}, epoch)
+            return loss
         T, B = int(lengths.max()), len(lengths)
         k1, k2 = self.tbptt or (T, T)
         loss, state, start = 0.0, None, 0   # state: every delayed signal's history at step `start`
@@ -410,10 +440,6 @@ class Trainer:
             grads = {p: np.array(grads[p], np.float64) for p in self.train}   # 0-d arrays stay arrays
             for g in grads.values():
                 g *= share
-            norm = clip(grads, self.clip_norm, self.clip_value)
-            if self.clip_norm is not None and not np.isfinite(norm):
-                self._diverged(epoch, "the gradient's norm overflows (its entries are too large to square); "
-                               "scale the loss or the data down, or set clip_value")
             nxt = max(min(hi + k1, T) - k2, 0)   # where the next window starts
             if hi < T and nxt > start:   # its state, under the parameters this window ran with
                 head = {n: a[:nxt - start] for n, a in window.items()}
@@ -422,14 +448,23 @@ class Trainer:
                 except NotFinite as e:
                     self._diverged(epoch, str(e))
                 start = nxt
-            self._good = ({p: v.copy() if p in grads else v for p, v in self._params.items()},
-                          _copy_state(self.state), self.steps)   # what the update changes, copied
-            self.optimizer.update(self._params, grads, self.state, self.steps)
-            bad = _not_finite({p: self._params[p] for p in grads}, self.state)
-            if bad:
-                self._diverged(epoch, f"the next update made {bad} although its loss and gradient were finite")
-            self.steps += 1
+            self._update_params(grads, epoch)
         return loss
+
+    def _update_params(self, grads: dict, epoch: int) -> None:
+        """Clip a gradient (float64 arrays, changed in place) and update the parameters with it,
+        keeping what the update changes (``_good``) and checking what it made."""
+        norm = clip(grads, self.clip_norm, self.clip_value)
+        if self.clip_norm is not None and not np.isfinite(norm):
+            self._diverged(epoch, "the gradient's norm overflows (its entries are too large to square); "
+                           "scale the loss or the data down, or set clip_value")
+        self._good = ({p: v.copy() if p in grads else v for p, v in self._params.items()},
+                      _copy_state(self.state), self.steps)   # what the update changes, copied
+        self.optimizer.update(self._params, grads, self.state, self.steps)
+        bad = _not_finite({p: self._params[p] for p in grads}, self.state)
+        if bad:
+            self._diverged(epoch, f"the next update made {bad} although its loss and gradient were finite")
+        self.steps += 1
 
     def _loss_and_grad(self, inputs, lengths, initial, epoch):
         try:
@@ -638,8 +673,9 @@ def _digest(arrays: dict, lengths=None) -> str:
 
 
 def _minibatches(lengths: np.ndarray, batch_size: int, rng) -> list:
-    """Shuffled minibatches of sequences of similar length: shuffle, sort windows of 8
-    minibatches by length, cut them, and shuffle the minibatches' order."""
+    """Shuffled minibatches of sequences of similar length (of images of similar size, by the
+    data's ``key``): shuffle, sort windows of 8 minibatches by length, cut them, and shuffle
+    the minibatches' order."""
     order = rng.permutation(len(lengths))
     window = 8 * batch_size
     batches = []
