@@ -1,7 +1,8 @@
 """Loss + gradient per training step: graphcomp's Numba kernels side by side with the peers in
 one process (a hand-written NumPy BPTT, PyTorch's fused nn.RNN/nn.LSTM and an eager step loop
-with autograd, JAX's jit(value_and_grad) over lax.scan where installed), after checking that
-they agree. Medians of repeated runs; ratios to the fastest peer.
+with autograd, JAX's jit(value_and_grad) over lax.scan where installed), and with the
+hand-written expert Numba kernels of expert.py, after checking that they agree. Medians of
+repeated runs; ratios to the fastest peer, and graphcomp's time over the expert's.
 
     python benchmarks/bench.py                      # every size, float64 and float32
     python benchmarks/bench.py --sizes tiny small --dtypes float64 --repeat 5
@@ -19,6 +20,7 @@ import numpy as np
 import sympy as sp
 
 import graphcomp as gc
+import expert
 
 t = gc.t
 SIZES = {  # B, T, D, H, O
@@ -302,15 +304,22 @@ def run_size(kind, size, dtype, repeat, peak):
                 peers.pop("torch eager loop")   # minutes per call at these sizes
         except ImportError:
             pass
+    hand = expert.peer(kind, P, X, Y)
+    hand_loss, hand_grads = hand()
+    _, grads = ours()
+    tol = 1e-3 if dtype == np.float32 else 1e-9
+    assert np.isclose(hand_loss, loss, rtol=tol), "the expert kernel disagrees"
+    for name, g in grads.items():
+        assert np.allclose(hand_grads[name], g, rtol=tol, atol=tol * np.max(np.abs(g))), f"expert's {name}"
     j = jax_peer(kind, P, X, Y, dtype)
     if j is not None:
         assert np.isclose(float(j()), loss, rtol=1e-3 if dtype == np.float32 else 1e-9), "jax disagrees"
         peers["jax jit(scan)"] = j
-    times = interleaved_ms({"graphcomp": ours, **peers}, repeat)
-    ms_ours = times.pop("graphcomp")
+    times = interleaved_ms({"graphcomp": ours, "expert": hand, **peers}, repeat)
+    ms_ours, ms_expert = times.pop("graphcomp"), times.pop("expert")
     fastest = min(times, key=times.get) if times else None
     row = {"case": label, "dtype": np.dtype(dtype).name, "graphcomp ms": ms_ours, "compile s": compile_s,
-           "peers": times, "fastest": fastest,
+           "peers": times, "fastest": fastest, "expert ms": ms_expert,
            "ratio": (times[fastest] / ms_ours) if fastest else float("nan")}
     if kind != "scalar":
         row["peak"] = flops(kind, *SIZES[size]) / (ms_ours * 1e-3) / 1e9 / peak
@@ -362,8 +371,9 @@ def main() -> None:
     times = compile_times()
     print("gc.compile of the LSTM (small), fresh processes: " + ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
     print()
-    print("| case | dtype | graphcomp ms | fastest peer | peer ms | ratio (peer / graphcomp) | of matmul peak | other peers ms |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| case | dtype | graphcomp ms | fastest peer | peer ms | ratio (peer / graphcomp) | expert ms | "
+          "graphcomp / expert | of matmul peak | other peers ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for dtype in args.dtypes:
         dt = np.float64 if dtype == "float64" else np.float32
         jobs = []
@@ -379,7 +389,8 @@ def main() -> None:
             peer_ms = f"{r['peers'][r['fastest']]:.2f}" if r["fastest"] else "-"
             frac = f"{100 * r['peak']:.0f}%" if "peak" in r else "-"
             print(f"| {r['case']} | {r['dtype']} | {r['graphcomp ms']:.2f} | {fastest} | {peer_ms} | "
-                  f"{r['ratio']:.2f}x | {frac} | {others} |", flush=True)
+                  f"{r['ratio']:.2f}x | {r['expert ms']:.2f} | {r['graphcomp ms'] / r['expert ms']:.2f}x | {frac} | "
+                  f"{others} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -157,7 +157,7 @@ class Kernel:
             seeds = check_seeds(self.program, final_cotangents or {}, batch.B, batch.dtype)
         with np.errstate(all="ignore"), _compile_errors():
             loss, grads, init = methods.run(self, batch, method, seeds, options)
-        bad = [p for p, g in grads.items() if not np.all(np.isfinite(g))]
+        bad = [] if _all_finite(loss, grads) else [p for p, g in grads.items() if not np.all(np.isfinite(g))]
         if not np.isfinite(loss) or bad:
             with np.errstate(all="ignore"):
                 states, _ = self.impl.forward(batch)
@@ -216,6 +216,13 @@ def _compile_errors():
     except Unsupported as e:
         raise GraphcompError(f"the Numba backend cannot compile this model yet ({e}); "
                              "use gc.compile(model, backend='reference')") from None
+
+
+def _all_finite(loss, grads: dict) -> bool:
+    """One reduction decides for the common case: a sum of finite values is finite unless it
+    overflows, and only then is each gradient searched."""
+    with np.errstate(all="ignore"):
+        return bool(np.isfinite(loss + sum(float(np.sum(g)) for g in grads.values())))
 
 
 def _expand(valid: np.ndarray, like: np.ndarray) -> np.ndarray:
