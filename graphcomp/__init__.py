@@ -17,11 +17,12 @@ from .lang.recurrence import Recurrence
 from .train import optim
 from .grad import rtrl
 from .train.trainer import History, Trainer
+from .train.trees import Trees, trees
 
 __version__ = "0.1.0"
 
 __all__ = ["t", "signal", "param", "Recurrence", "compile", "export", "Kernel", "GraphcompError", "tanh",
            "sigmoid", "relu", "exp", "log", "elementwise", "hadamard", "concat", "mse",
-           "cross_entropy", "ones", "child", "over_children", "models", "optim", "rtrl", "Trainer", "History",
+           "cross_entropy", "ones", "child", "over_children", "models", "optim", "rtrl", "Trainer", "History", "Trees", "trees",
            "generate", "simulate", "predict", "metrics", "plot_forecast", "least_squares", "minimize", "Fit",
            "Minimum", "Encoder"]

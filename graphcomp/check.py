@@ -339,21 +339,8 @@ def _prepare_tree(step: Step, params: dict, inputs, lengths, initial, with_loss:
     if lens.shape != (B,) or lens.min() < 1 or lens.max() > N:
         raise GraphcompError(f"lengths must be ({B},) node counts in 1..{N}, one per tree, got {lengths!r}")
     lens = lens.astype(np.int64)
+    check_trees(C, lens)
     v = np.arange(1, N + 1)[:, None, None]
-    live = (v <= lens[None, :, None]) & (C != 0)
-    bad = live & ((C >= v) | (C < 0))
-    if bad.any():
-        node, b, k = (int(x) for x in np.argwhere(bad)[0])
-        raise GraphcompError(f"node {node + 1} of tree {b} has child {C[node, b, k]} in slot {k}: a child is numbered "
-                             f"below its parent (1..{node}), so that node order is a topological order")
-    for b in range(B):
-        kids = C[:lens[b], b][C[:lens[b], b] != 0]
-        if kids.size and kids.max() > lens[b]:
-            raise GraphcompError(f"tree {b} has {lens[b]} nodes but names child {kids.max()}: a child outside its tree")
-        seen, counts = np.unique(kids, return_counts=True)
-        if (counts > 1).any():
-            raise GraphcompError(f"node {seen[counts > 1][0]} of tree {b} is the child of two nodes: each node has one "
-                                 "parent in a tree (a DAG that is not a tree is not supported)")
     C = np.where(v <= lens[None, :, None], C, 0)
     if HAS_CHILD in step.signals:
         inputs[HAS_CHILD] = (np.arange(1, N + 1)[:, None] <= lens[None, :]).astype(dtype)
@@ -372,6 +359,26 @@ def _prepare_tree(step: Step, params: dict, inputs, lengths, initial, with_loss:
                     needed=None if needed is None else [n for n in needed if n != HAS_CHILD] + (
                         [HAS_CHILD] if HAS_CHILD in inputs else []))
     return Batch(batch.T, batch.B, batch.params, batch.inputs, batch.lengths, tree_initial, dtype, C)
+
+
+def check_trees(C: np.ndarray, lens: np.ndarray) -> None:
+    """Trees ``C`` (N, B, K) of ``lens`` nodes: every child numbered below its parent, inside
+    its tree, with one parent."""
+    v = np.arange(1, C.shape[0] + 1)[:, None, None]
+    live = (v <= lens[None, :, None]) & (C != 0)
+    bad = live & ((C >= v) | (C < 0))
+    if bad.any():
+        node, b, k = (int(x) for x in np.argwhere(bad)[0])
+        raise GraphcompError(f"node {node + 1} of tree {b} has child {C[node, b, k]} in slot {k}: a child is numbered "
+                             f"below its parent (1..{node}), so that node order is a topological order")
+    for b in range(C.shape[1]):
+        kids = C[:lens[b], b][C[:lens[b], b] != 0]
+        if kids.size and kids.max() > lens[b]:
+            raise GraphcompError(f"tree {b} has {lens[b]} nodes but names child {kids.max()}: a child outside its tree")
+        seen, counts = np.unique(kids, return_counts=True)
+        if (counts > 1).any():
+            raise GraphcompError(f"node {seen[counts > 1][0]} of tree {b} is the child of two nodes: each node has one "
+                                 "parent in a tree (a DAG that is not a tree is not supported)")
 
 
 def _as_time(step: Step) -> Step:

@@ -21,7 +21,11 @@ Common keyword arguments:
 The grid networks (``mdrnn``, ``mdlstm``, ``gru2d``) run over the axes ``i`` (rows) and ``j``
 (columns), ``gc.models.GRID``; in their weights' names ``Wi`` multiplies the neighbour along
 i, ``Wj`` the one along j, and ``directions=2`` or ``4`` adds sweeps from other corners,
-whose names end in the corner the sweep starts from (``_tl``, ``_tr``, ``_bl``, ``_br``)."""
+whose names end in the corner the sweep starts from (``_tl``, ``_tr``, ``_bl``, ``_br``).
+
+The tree networks (``tree_rnn``, ``tree_lstm``) run over trees, ``t`` the node: a node reads
+its children's states, ``W{k}`` multiplies child k's (``W_*`` the sum of the children's in the
+child-sum Tree-LSTM); ``at="root"`` takes the loss at each tree's root only."""
 from __future__ import annotations
 
 import numbers
@@ -30,7 +34,8 @@ from typing import Callable, Sequence
 import numpy as np
 import sympy as sp
 
-from .lang.declare import concat, cross_entropy, hadamard, mse, param, relu, sigmoid, signal, t, tanh
+from .lang.declare import (child, concat, cross_entropy, hadamard, mse, over_children, param, relu, sigmoid, signal,
+                           t, tanh)
 from .errors import GraphcompError, is_count
 from .lang.recurrence import Recurrence
 
@@ -501,6 +506,141 @@ def _grid_network(kind: str, cell: Callable, D: int, H: int, O: int, directions:
     return Model(updates, {o: V * concat(*tops) + b_V}, _loss(kind, loss, signal(o, O)(*GRID), O, y, GRID), rules)
 
 
+# ---------------------------------------------------------------- tree networks
+
+def tree_rnn(D: int, H: int, O: int, *, K: int = 2, activation: str = "tanh", at: str = "node",
+             loss: str | None = "mse", prefix: str = "", x: str = "x", o: str = "o", y: str = "y",
+             root: str = "root") -> Model:
+    """A recursive network over trees: a node's state from its K children's, each child slot
+    with its own weight::
+
+        h(t) = act(W0 h(child 0) + ... + W{K-1} h(child K-1) + U x(t) + b)        o(t) = V h(t) + b_V
+
+    A missing child reads zeros (or the kernel's ``initial``). Parameters ``W0`` .. ``W{K-1}``
+    (H x H, orthogonal), ``U`` (H x D), ``b`` (H), ``V`` (O x H), ``b_V`` (O). ``at="root"``
+    takes the loss at each tree's root only (see ``tree_lstm``).
+
+    >>> gc.models.tree_rnn(3, 8, 2).params
+    ['U', 'W0', 'W1', 'b', 'V', 'b_V']"""
+    D, H, O = _sizes("tree_rnn", D, H, O)
+    K = _slots("tree_rnn", K)
+    act = ACTIVATIONS[_choice("tree_rnn", "activation", activation, ACTIVATIONS)]
+    return _tree_network("tree_rnn", _tree_rnn_cell(H, K, act), D, H, O, at, loss, prefix, x, o, y, root)
+
+
+def tree_lstm(D: int, H: int, O: int, *, kind: str = "childsum", K: int = 2, at: str = "node",
+              loss: str | None = "mse", prefix: str = "", x: str = "x", o: str = "o", y: str = "y",
+              root: str = "root") -> Model:
+    """The Tree-LSTMs of Tai et al. (2015): gates i, o, a candidate u and one forget gate per
+    child, so that a node keeps or forgets each child's memory on its own.
+
+    ``kind="childsum"``: any number of children (up to ``K``), their states summed::
+
+        s = Σ_k h(child k)
+        i = σ(W_i s + U_i x + b_i)    o = σ(W_o s + U_o x + b_o)    u = tanh(W_u s + U_u x + b_u)
+        f_k = σ(W_f h(child k) + U_f x + b_f)        for each present child k
+        c(t) = i ⊙ u + Σ_k f_k ⊙ c(child k)          h(t) = o ⊙ tanh(c(t))
+
+    ``kind="nary"``: ``K`` ordered slots (a binary constituency tree: K = 2), each child with
+    its own weights in every gate; child k's forget gate sees all children::
+
+        q = Σ_l W{l}_q h(child l) + U_q x + b_q      for q in i, o, u and f0 .. f{K-1}
+        c(t) = σ(q_i) ⊙ tanh(q_u) + Σ_k σ(q_fk) ⊙ c(child k)
+
+    where the forget gates share ``U_f`` and ``b_f``; a missing child reads zeros. Parameters
+    ``W*`` (H x H, orthogonal), ``U_*`` (H x D), ``b_*`` (H, ``b_f`` at ``gc.models.init``'s
+    ``forget_bias``) and the readout ``o(t) = V h(t) + b_V``; states ``c`` then ``h``.
+
+    The loss is taken at every node (``at="node"``), or with ``at="root"`` at each tree's
+    root only: it is multiplied by the scalar input ``root(t)`` (renamed by ``root=``), which
+    the data sets to 1 at the root (a tree's last node) and 0 elsewhere.
+
+    >>> gc.models.tree_lstm(3, 8, 2, kind="nary").params[:4]
+    ['U_i', 'W0_i', 'W1_i', 'b_i']"""
+    D, H, O = _sizes("tree_lstm", D, H, O)
+    K = _slots("tree_lstm", K)
+    kind = _choice("tree_lstm", "kind", kind, ("childsum", "nary"))
+    cell = _childsum_cell(H, K) if kind == "childsum" else _nary_cell(H, K)
+    return _tree_network("tree_lstm", cell, D, H, O, at, loss, prefix, x, o, y, root)
+
+
+# A tree cell maps (its input, the input's size, parameter and state names) to its updates,
+# its output state and its rules.
+
+def _tree_rnn_cell(H: int, K: int, act: Callable) -> Callable:
+    def cell(inp, n_in, name):
+        h, U, b = signal(name("h"), H), param(name("U"), H, n_in), param(name("b"), H)
+        W = [param(name(f"W{k}"), H, H) for k in range(K)]
+        total = U * inp + b
+        for k, W_k in enumerate(W):
+            total = total + W_k * h(child(k))
+        return {h(t): act(total)}, h, {**_rules(None, U, b), **{w.name: "orthogonal" for w in W}}
+    return cell
+
+
+def _tree_lstm_cell(H: int, reads: Callable, forget: Callable) -> Callable:
+    """What both Tree-LSTMs share: gates i, o, u, with ``reads(h)[q]`` the (weight, child
+    state) pairs gate q adds, c = σ(i) ⊙ tanh(u) + ``forget(gate, h, c)``, h = σ(o) ⊙ tanh(c)."""
+    def cell(inp, n_in, name):
+        h, c = signal(name("h"), H), signal(name("c"), H)
+        rules = {}
+
+        def gate(letter: str, pairs: list):   # U_letter x + b_letter + Σ W h over the pairs
+            U, b = param(name(f"U_{letter}"), H, n_in), param(name(f"b_{letter}"), H)
+            rules.update(_rules(None, U, b))
+            total = U * inp + b
+            for weight, read in pairs:
+                W = param(name(weight), H, H)
+                rules[W.name] = "orthogonal"
+                total = total + W * read
+            return total
+        q = {g: gate(g, pairs) for g, pairs in reads(h).items()}
+        value = hadamard(sigmoid(q["i"]), tanh(q["u"])) + forget(gate, h, c)
+        rules[name("b_f")] = "forget"
+        return {c(t): value, h(t): hadamard(sigmoid(q["o"]), tanh(c(t)))}, h, rules
+    return cell
+
+
+def _childsum_cell(H: int, K: int) -> Callable:
+    def reads(h):
+        s = over_children(lambda k: h(k), most=K)
+        return {g: [(f"W_{g}", s)] for g in "iou"}
+
+    def forget(gate, h, c):
+        return over_children(lambda k: hadamard(sigmoid(gate("f", [("W_f", h(k))])), c(k)), most=K)
+    return _tree_lstm_cell(H, reads, forget)
+
+
+def _nary_cell(H: int, K: int) -> Callable:
+    kids = [child(k) for k in range(K)]
+
+    def reads(h):   # gate q reads child l through W{l}_q
+        return {g: [(f"W{l}_{g}", h(kid)) for l, kid in enumerate(kids)] for g in "iou"}
+
+    def forget(gate, h, c):
+        terms = [hadamard(sigmoid(gate("f", [(f"W{l}_f{k}", h(kid)) for l, kid in enumerate(kids)])), c(mine))
+                 for k, mine in enumerate(kids)]
+        return sum(terms[1:], terms[0])
+    return _tree_lstm_cell(H, reads, forget)
+
+
+def _tree_network(kind: str, cell: Callable, D: int, H: int, O: int, at: str, loss: str | None, prefix: str,
+                  x: str, o: str, y: str, root: str) -> Model:
+    """The cell, the readout at every node and the loss, at every node or at the root."""
+    at = _choice(kind, "at", at, ("node", "root"))
+    if at == "root" and loss is None:
+        raise GraphcompError(f"{kind}: at='root' says where the loss is taken, but loss=None has none; "
+                             "drop at or choose a loss")
+    _names(kind, prefix, x, o, y, *([root] if at == "root" else []))
+    updates, h, rules = cell(signal(x, D)(t), D, lambda base: prefix + base)
+    V, b_V = param(prefix + "V", O, H), param(prefix + "b_V", O)
+    rules.update(_rules(None, V, b_V))
+    per_node = _loss(kind, loss, signal(o, O)(t), O, y)
+    if at == "root":
+        per_node = signal(root)(t) * per_node
+    return Model(updates, {o: V * h(t) + b_V}, per_node, rules)
+
+
 # ---------------------------------------------------------------- initialisation
 
 def init(model: Recurrence, seed: int = 0, *, forget_bias: float = 1.0) -> dict[str, np.ndarray]:
@@ -624,6 +764,12 @@ def _names(kind: str, prefix: str, *signals: str) -> None:
             raise GraphcompError(f"{kind}: signal name {s!r} must be a Python identifier, like 'x'")
     if len(set(signals)) < len(signals):
         raise GraphcompError(f"{kind}: the input, output and target names {signals} must differ")
+
+
+def _slots(kind: str, K) -> int:
+    if not is_count(K):
+        raise GraphcompError(f"{kind}: K={K!r} must be a positive integer (the most children a node has)")
+    return int(K)
 
 
 def _positive(kind: str, what: str, value) -> float:

@@ -74,3 +74,10 @@ def test_digits_2d_learns_the_digits():
     assert result["logistic"] > 0.95                  # the baseline on the same split
     assert result["accuracy"] > 0.8                   # short mode (10 classes); the full run beats the baseline
     assert result["loss"][-1] < 0.5 * result["loss"][0]
+
+
+def test_arithmetic_trees_learns_to_evaluate_expressions():
+    result = run("arithmetic_trees")
+    assert result["loss"][-1] < 0.3 * result["loss"][0]
+    assert result["nodes"] > 0.7 and result["roots"] > 3 * result["untrained_roots"]
+    assert result["deep_nodes"] > 0.6                 # deeper trees than any seen in training

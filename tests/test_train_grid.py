@@ -86,7 +86,7 @@ def test_the_compiled_epoch_falls_back_to_python_for_a_grid(kernel, images, monk
     (lambda k, d: gc.Trainer(k, tbptt=4), r"tbptt cuts sequences into windows of steps; a grid model trains on "
                                           r"whole images: drop tbptt"),
     (lambda k, d: gc.Trainer(k, compiled=True), r"compiled=True cannot be: the compiled epoch runs sequences, "
-                                                r"not grids; use compiled='auto' or False"),
+                                                r"not grids or trees; use compiled='auto' or False"),
     (lambda k, d: gc.Trainer(k, progress=False).fit(params_of(k), d[1], batch_first=True),
      r"batch_first is for sequences; grid data is index-major \(I, J, N, \.\.\.\): drop batch_first"),
     (lambda k, d: gc.Trainer(k, progress=False).fit(params_of(k), d[1], lengths=d[2][0]),

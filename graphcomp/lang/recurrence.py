@@ -179,16 +179,19 @@ class Recurrence:
             graph.add_edges_from((rename[u], rename[v]) for u, v in tree.edges)
         return graph
 
-    def draw(self, kind: str = "circuit", steps: int | None = None, max_columns: int = 6):
+    def draw(self, kind: str = "circuit", steps: int | None = None, max_columns: int = 6, children=None):
         """A ``graphviz.Digraph`` of the model: ``"circuit"`` (one node per variable, a black
         square marked k on every edge delayed by k steps), ``"unfolded"`` (one column per step,
         ``steps`` of them, default 3; the middle ones elided past ``max_columns``), ``"step"``
         (the ops of one step) or ``"gradient"`` (unfolded, with the backward flow in red).
         Over a grid the squares name the axes of each delay (``i−1``, ``j+1``) and ``steps``
-        is a tuple of extents, default (3, 3): the cells are laid out as the grid.
-        Jupyter shows it inline; ``.render(path, format="svg")`` writes a file."""
+        is a tuple of extents, default (3, 3): the cells are laid out as the grid. Over a tree
+        a diamond marks each read at a child with its slot, and ``"unfolded"``/``"gradient"``
+        draw one tree, ``children`` ``(N, K)`` (default: a root with a child in every slot), as
+        a tree, root at the top. Jupyter shows it inline; ``.render(path, format="svg")``
+        writes a file."""
         from ..views.draw import draw
-        return draw(self.step, kind, steps, max_columns)
+        return draw(self.step, kind, steps, max_columns, children)
 
     def init_params(self, seed: int = 0) -> dict:
         """Seeded parameters in their NumPy shapes, by role: a weight (it multiplies a signal,

@@ -16,6 +16,7 @@ import numpy as np
 from . import checkpoint
 from .epoch import Epoch
 from .grids import Grids, grids
+from .trees import Trees, trees
 from ..errors import GraphcompError, NotFinite, is_count
 from ..kernel import Kernel, compile
 from ..grad.methods import check_cuttable
@@ -193,9 +194,10 @@ class Trainer:
             check_cuttable(step, "tbptt", "train it without tbptt")
         if compiled not in (True, False, "auto"):
             raise GraphcompError(f"compiled must be True, False or 'auto', got {compiled!r}")
-        if compiled is True and (tbptt is not None or self.kernel.backend != "numba" or step.grid):
+        if compiled is True and (tbptt is not None or self.kernel.backend != "numba" or step.grid or step.tree):
             why = "tbptt runs in Python" if tbptt is not None else \
-                "the compiled epoch runs sequences, not grids" if step.grid else f"the {self.kernel.backend!r} backend has none"
+                "the compiled epoch runs sequences, not grids or trees" if step.grid or step.tree else \
+                f"the {self.kernel.backend!r} backend has none"
             raise GraphcompError(f"compiled=True cannot be: {why}; use compiled='auto' or False")
         self.tbptt, self.progress, self.callback, self.compiled = tbptt, progress, callback, compiled
         self._epoch: Epoch | None = None
@@ -231,7 +233,10 @@ class Trainer:
         parameters are in ``trainer.params``. A grid model trains on images: a dict of padded
         index-major arrays ``(I, J, N, ...)`` with ``lengths=(heights, widths)``, or a list of
         examples, each a dict of arrays ``(I_n, J_n, ...)``; minibatches hold images of similar
-        size, and the loss is the mean per image.
+        size, and the loss is the mean per image. A tree model trains on trees: a list of trees,
+        each a dict of node-major arrays ``(n, ...)`` and its ``"children"`` ``(n, K)``, or a
+        dict of padded arrays ``(N, B, ...)`` and ``"children"`` ``(N, B, K)`` with ``lengths``
+        (node counts); minibatches hold trees of similar size, and the loss is the mean per tree.
 
         Initial states (see ``gc.least_squares``): ``learn_initial=True`` learns each sequence's
         (``initial`` the starting guess); ``shooting=k`` trains on windows of k steps, each with
@@ -246,9 +251,9 @@ class Trainer:
         killed at any moment and resumed ends with the same parameters, to the last bit, as
         one never interrupted (same arguments, same seed)."""
         if learn_initial or shooting is not None or encoder is not None:
-            if self.kernel.program.grid:
-                raise GraphcompError("learn_initial, shooting and encoder are for sequences; a grid model's reads "
-                                     "outside an image see zeros or initial={state: (B, n)}: drop them")
+            if self.kernel.program.grid or self.kernel.program.tree:
+                raise GraphcompError("learn_initial, shooting and encoder are for sequences; a grid or tree model's "
+                                     "reads outside an image or tree see zeros or initial={state: (B, n)}: drop them")
             if checkpoint is not None:
                 raise GraphcompError("checkpoints cover fits of the parameters alone; with learn_initial, shooting or "
                                      "encoder, save the trainer after fit instead")
@@ -324,7 +329,7 @@ class Trainer:
             self._save(checkpoint, run, plan)
         return history
 
-    def _run_epoch(self, epoch: int, batches: list, data: "Sequences | Grids", run: "_Run", runner, arrays, keep: tuple,
+    def _run_epoch(self, epoch: int, batches: list, data: "Sequences | Grids | Trees", run: "_Run", runner, arrays, keep: tuple,
                    bar) -> None:
         """Train on the epoch's minibatches from ``run.batch`` on, adding to ``run``'s totals;
         ``keep = (checkpoint, every, plan)`` saves the fit every ``every`` updates. The compiled
@@ -368,8 +373,8 @@ class Trainer:
     def _plan(self, start, data: Sequences, val, batch_size: int, seed: int, patience) -> dict:
         """What makes a fit the fit it is: resumed with other data, settings or starting
         parameters it would be another one (the number of epochs may grow)."""
-        return {"start": None if start is None else _digest(start), "data": _digest(data.arrays, data.lengths),
-                "validation": None if val is None else _digest(val.arrays, val.lengths), "batch_size": batch_size,
+        return {"start": None if start is None else _digest(start), "data": _digest(_arrays(data), data.lengths),
+                "validation": None if val is None else _digest(_arrays(val), val.lengths), "batch_size": batch_size,
                 "seed": seed, "patience": patience, "train": self.train, "clip_norm": self.clip_norm,
                 "clip_value": self.clip_value, "tbptt": None if self.tbptt is None else list(self.tbptt)}
 
@@ -385,7 +390,8 @@ class Trainer:
 
     def _compiled_epoch(self, updates: int):
         """The compiled epoch, if this fit uses one (built once per trainer)."""
-        use = self.compiled is True or (self.compiled == "auto" and self.tbptt is None and not self.kernel.program.grid
+        step = self.kernel.program
+        use = self.compiled is True or (self.compiled == "auto" and self.tbptt is None and not (step.grid or step.tree)
                                         and self.kernel.backend == "numba" and updates >= COMPILED_EPOCH_UPDATES)
         if use and (self._epoch is None or self._epoch.train != self.train):
             self._epoch = Epoch(self.kernel, self.optimizer, self.train)
@@ -398,24 +404,26 @@ class Trainer:
         total = 0.0
         for index in np.array_split(np.argsort(data.key), -(-len(data) // batch_size)):
             inputs, lengths = data.batch(index)
-            loss, _ = self.kernel.loss_and_grad(params, inputs, lengths=lengths)
+            loss, _ = self.kernel.loss_and_grad(params, inputs, **_shape(self.kernel.program, lengths))
             total += float(loss) * len(index)
         return total / len(data)
 
-    def _data(self, data, lengths, batch_first: bool) -> Sequences | Grids:
-        """Training data in the forms ``fit`` takes: sequences, or images over a grid model's axes."""
+    def _data(self, data, lengths, batch_first: bool) -> Sequences | Grids | Trees:
+        """Training data in the forms ``fit`` takes: sequences, images over a grid model's axes,
+        or trees."""
         step = self.kernel.program
-        if not step.grid:
+        if not (step.grid or step.tree):
             return sequences(data, lengths, batch_first)
         if batch_first:
-            raise GraphcompError(f"batch_first is for sequences; grid data is index-major "
-                                 f"({', '.join(str(a).upper() for a in step.axes)}, N, ...): drop batch_first")
-        return grids(data, lengths, step.axes)
+            layout = f"({', '.join(str(a).upper() for a in step.axes)}, N, ...)" if step.grid else "(N, B, ...)"
+            raise GraphcompError(f"batch_first is for sequences; {'grid' if step.grid else 'tree'} data is "
+                                 f"{'index' if step.grid else 'node'}-major {layout}: drop batch_first")
+        return grids(data, lengths, step.axes) if step.grid else trees(data, lengths)
 
     def _update(self, inputs: dict, lengths, epoch: int) -> float:
         """One minibatch: loss and gradient (by windows under tbptt), clipping, an update per
         gradient. Returns the minibatch's mean loss per sequence."""
-        if self.kernel.program.grid:   # whole images: one gradient, one update
+        if self.kernel.program.grid or self.kernel.program.tree:   # whole images or trees: one update
             loss, grads = self._loss_and_grad(inputs, lengths, None, epoch)
             self._update_params({p: np.array(grads[p], np.float64) for p in self.train}, epoch)
             return loss
@@ -468,7 +476,8 @@ class Trainer:
 
     def _loss_and_grad(self, inputs, lengths, initial, epoch):
         try:
-            loss, grads = self.kernel.loss_and_grad(self._params, inputs, lengths=lengths, initial=initial)
+            loss, grads = self.kernel.loss_and_grad(self._params, inputs, initial=initial,
+                                                    **_shape(self.kernel.program, lengths))
         except NotFinite as e:
             self._diverged(epoch, str(e))
         return float(loss), grads
@@ -684,6 +693,16 @@ def _minibatches(lengths: np.ndarray, batch_size: int, rng) -> list:
         part = part[np.argsort(lengths[part], kind="stable")]
         batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _arrays(data) -> dict:
+    """A data set's arrays; a tree data set's children among them."""
+    return {**data.arrays, "children": data.children} if isinstance(data, Trees) else data.arrays
+
+
+def _shape(step, lengths) -> dict:
+    """A minibatch's ``lengths`` as the kernel takes them; a tree minibatch's are (lengths, children)."""
+    return dict(zip(("lengths", "children"), lengths)) if step.tree else {"lengths": lengths}
 
 
 def _copy(params: dict) -> dict:

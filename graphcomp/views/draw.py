@@ -1,16 +1,20 @@
 """Diagrams as a textbook draws them, with graphviz: the circuit (one node per variable, a
-black square on every delayed edge), the unfolded graph (one column per time step; over a
-grid, the cells laid out as the grid), the computational graph of one step, and the unfolded
-graph with the backward flow overlaid."""
+black square on every delayed edge, a diamond on every read at a child), the unfolded graph
+(one column per time step; over a grid, the cells laid out as the grid; over a tree, the
+tree, root at the top), the computational graph of one step, and the unfolded graph with the
+backward flow overlaid."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import graphviz
+import numpy as np
 import sympy as sp
 
 from .. import ir
+from ..check import check_trees
 from ..errors import GraphcompError, is_count
+from ..lang.declare import HAS_CHILD
 from ..lang.step import LOSS_NAME, Step
 from ..layout import cells
 
@@ -25,12 +29,13 @@ STYLE = {
     "initial": dict(shape="circle", style="filled,dashed", fillcolor="#f4f4f4", color="#888888"),
 }
 BACKWARD = "#c0392b"   # the colour of the adjoint flow and of anti-causal edges
+CHILD = "#1f7a6d"      # the colour of reads at a child, over a tree
 
 
 @dataclass(frozen=True)
 class Edge:
     """In the circuit: ``dst`` reads ``src`` at ``t + offset`` (over a grid, at the point moved
-    by ``offset``, a tuple), through parameters ``params``."""
+    by ``offset``, a tuple; over a tree, at child k, ``("child", k)``), through parameters ``params``."""
 
     src: str
     dst: str
@@ -62,7 +67,8 @@ def circuit_edges(step: Step) -> list[Edge]:
                             carried.setdefault(key, []).append(a.attr)
         for key in sorted(reach.get(root, set()), key=lambda k: (k[1] != step.here, k)):
             params = tuple(dict.fromkeys(carried.get(key, [])))
-            edges.append(Edge(key[0], dst, key[1], params))
+            if key[0] != HAS_CHILD:   # the mask over_children reads: graphcomp's, not the user's
+                edges.append(Edge(key[0], dst, key[1], params))
     return edges
 
 
@@ -80,8 +86,15 @@ def _math(name: str, time: str | None = None) -> str:
     return f"<{_html(name)}" + (f"<sup>({time})</sup>" if time is not None else "") + ">"
 
 
+def _child(offset) -> int | None:
+    """The slot of a read at a child, over a tree; else None."""
+    return offset[1] if isinstance(offset, tuple) and offset[0] == "child" else None
+
+
 def _ahead(offset) -> bool:
     """A read ahead of the current step (along some axis, over a grid): drawn red."""
+    if _child(offset) is not None:
+        return False
     return any(k > 0 for k in offset) if isinstance(offset, tuple) else offset > 0
 
 
@@ -121,7 +134,7 @@ def _layers(step: Step, edges: list[Edge]) -> dict:
     """Vertical level of each variable: inputs at the bottom, each variable above those it
     reads at the same step, states that run backwards a row above the forward ones at their
     level, and targets read only by the loss above the loss."""
-    names = list(step.signals) + list(step.outputs) + ([LOSS_NAME] if step.loss is not None else [])
+    names = [n for n in step.signals if n != HAS_CHILD] + list(step.outputs) + ([LOSS_NAME] if step.loss is not None else [])
     below = [(e.src, e.dst) for e in edges if e.offset == step.here]
     level = {n: 0 if _kind(step, n) == "input" else 1 for n in names}
     for _ in range(2):
@@ -178,6 +191,13 @@ def circuit(step: Step) -> graphviz.Digraph:
         if e.offset == step.here:
             _edge(g, src, dst, up, label=label)
             continue
+        slot = _child(e.offset)
+        if slot is not None:   # a diamond marked with the child's slot
+            g.node(f"child_{k}", str(slot), shape="diamond", style="filled", fillcolor=CHILD, color=CHILD,
+                   fontcolor="white", fontname=FONT, fontsize="9", width="0.3", height="0.3", fixedsize="true")
+            _edge(g, src, f"child_{k}", up, arrowhead="none", color=CHILD)
+            _edge(g, f"child_{k}", dst, up, label=label, color=CHILD)
+            continue
         future = _ahead(e.offset)
         sq = f"delay_{k}"
         mark = _delay_label(step, e.offset)   # over a grid the axes' names: a square that fits them
@@ -188,6 +208,8 @@ def circuit(step: Step) -> graphviz.Digraph:
         style = dict(color=BACKWARD, style="dashed") if future else {}
         _edge(g, src, sq, up, arrowhead="none", **style)
         _edge(g, sq, dst, up, label=label, **style)
+    if step.tree:
+        g.attr(label="diamond k: read at the node's k-th child", labelloc="b", fontname=FONT, fontsize="11")
     return g
 
 
@@ -352,6 +374,48 @@ def unfolded_grid(step: Step, steps, max_columns: int = 6, backward: bool = Fals
     return g
 
 
+# ---------------------------------------------------------------- unfolded over a tree
+
+def unfolded_tree(step: Step, children, backward: bool = False) -> graphviz.Digraph:
+    """One tree unfolded, ``children`` (N, K) its nodes' children (0 for none): a box per tree
+    node holding its variables, an edge per read within a node, and a green edge per read at a
+    child, from the child's box up to its parent's, so that the root is at the top."""
+    C = np.asarray(children)
+    if C.ndim != 2 or not np.issubdtype(C.dtype, np.integer) or len(C) == 0:
+        raise GraphcompError(f"children has shape {C.shape} of {C.dtype}; draw one tree as an int array (N, K), "
+                             "children[v-1, k] the k-th child of node v, 0 for none")
+    check_trees(C[:, None, :], np.array([len(C)]))
+    edges = circuit_edges(step)
+    names = [n for n in _layers(step, edges) if _kind(step, n) != "input"]
+    N = len(C)
+    g = _digraph("gradient" if backward else "unfolded")
+    note = f"a tree of {N} nodes, root {N} at the top; green: reads at a child (missing children read zeros)"
+    if backward:
+        note += "; red dashed: the backward (adjoint) flow of the gradient"
+    g.attr(label=note, labelloc="b", fontname=FONT, fontsize="11")
+    nodes = {(n, v) for v in range(1, N + 1) for n in names}
+    links = {}
+    for v in range(1, N + 1):
+        for e in edges:
+            slot = _child(e.offset)
+            src = v if slot is None else int(C[v - 1, slot]) if slot < C.shape[1] else 0
+            if src:
+                nodes.add((e.src, src))
+                links.setdefault(((e.src, src), (e.dst, v)), e)
+    nid = lambda key: f"n_{key[0]}_{key[1]}"
+    for v in range(1, N + 1):
+        with g.subgraph(name=f"cluster_{v}") as box:
+            box.attr(label=f"node {v}", style="rounded", color="#bbbbbb", fontname=FONT, fontsize="10")
+            for name, _ in sorted(k for k in nodes if k[1] == v):
+                box.node(nid((name, v)), _math(name, str(v)), **STYLE[_kind(step, name)])
+    for (src, dst), e in links.items():
+        colour = {} if _child(e.offset) is None else dict(color=CHILD, fontcolor=CHILD, penwidth="1.3")
+        g.edge(nid(src), nid(dst), label=_params_label(e.params), **colour)
+        if backward and _kind(step, src[0]) != "input":
+            g.edge(nid(dst), nid(src), color=BACKWARD, style="dashed", constraint="false", arrowsize="0.6")
+    return g
+
+
 # ---------------------------------------------------------------- one step
 
 def step_graph(step: Step) -> graphviz.Digraph:
@@ -390,6 +454,8 @@ def step_graph(step: Step) -> graphviz.Digraph:
 
 def _when(step: Step, offset) -> str:
     """A read's time as written: t, t-1; over a grid i-1, j."""
+    if _child(offset) is not None:
+        return f"child {offset[1]}"
     if step.grid:
         return ", ".join(f"{a}{k:+d}" if k else str(a) for a, k in zip(step.axes, offset))
     return "t" if offset == 0 else f"t{offset:+d}"
@@ -400,10 +466,22 @@ def _op_label(node: ir.Node) -> str:
     return {"@": "matmul", "sigmoid": "σ", "ᵀ": "transpose", "Σ": "sum"}.get(label, label)
 
 
-def draw(step: Step, kind: str = "circuit", steps: int | None = None, max_columns: int = 6) -> graphviz.Digraph:
+def draw(step: Step, kind: str = "circuit", steps: int | None = None, max_columns: int = 6,
+         children=None) -> graphviz.Digraph:
     """Dispatch on ``kind``; see ``Recurrence.draw``."""
     if kind not in KINDS:
         raise GraphcompError(f"unknown diagram kind {kind!r}; choose one of {list(KINDS)}")
+    if children is not None and not step.tree:
+        raise GraphcompError("children= draws a tree model over one tree, but this model reads no child "
+                             "(gc.child(k)); drop children=")
+    if step.tree and kind in ("unfolded", "gradient"):
+        if steps is not None:
+            raise GraphcompError("a tree model is drawn over one tree, not over steps: pass children=C, an int "
+                                 "array (N, K), instead of steps=")
+        if children is None:   # a root with a child in every slot
+            children = np.vstack([np.zeros((step.children, step.children), np.int64),
+                                  np.arange(1, step.children + 1)])
+        return unfolded_tree(step, children, backward=kind == "gradient")
     if kind == "circuit":
         return circuit(step)
     if kind == "step":
