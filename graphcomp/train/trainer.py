@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from .epoch import Epoch
-from ..errors import GraphcompError, NotFinite, is_count
+from ..errors import Diverged, GraphcompError, NotFinite, is_count
 from ..kernel import Kernel, compile
 from ..grad.methods import check_cuttable
 from ..check import warn_if_batch_major
@@ -352,9 +352,7 @@ class Trainer:
             if self.steps == 0:
                 raise
             self._params = self._last_good
-            raise GraphcompError(f"training diverged in epoch {epoch + 1} after {self.steps} updates: {e}. "
-                                 "trainer.params holds the last parameters whose loss was finite; lower the "
-                                 "learning rate or set clip_norm") from None
+            raise Diverged.during(epoch, self.steps, e) from None
         return float(loss), grads
 
     def _carry(self, chunk, steps, initial, state, live, B) -> dict:
