@@ -17,6 +17,7 @@ from .lang.recurrence import Recurrence
 from .train import optim
 from .grad import rtrl
 from .train.trainer import History, Trainer
+from . import scale
 
 __version__ = "0.1.0"
 
@@ -24,4 +25,4 @@ __all__ = ["t", "signal", "param", "Recurrence", "compile", "export", "Kernel", 
            "sigmoid", "relu", "exp", "log", "elementwise", "hadamard", "concat", "mse",
            "cross_entropy", "ones", "child", "over_children", "models", "optim", "rtrl", "Trainer", "History",
            "generate", "simulate", "predict", "metrics", "plot_forecast", "least_squares", "minimize", "Fit",
-           "Minimum", "Encoder"]
+           "Minimum", "Encoder", "scale"]

@@ -8,7 +8,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from ..kernel import Kernel, compile
 from ..grad.methods import check_cuttable
 from ..check import warn_if_batch_major
 from .optim import Adam, Optimizer, clip
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 COMPILED_EPOCH_UPDATES = 5000   # compiled="auto": from this many updates in one fit, compile the epoch
 
@@ -147,12 +150,17 @@ class Trainer:
     (no Python work per minibatch: the win for small models, after a compile of a few
     seconds, cached on disk); ``"auto"`` does so when a fit makes at least
     ``COMPILED_EPOCH_UPDATES`` updates; tbptt runs in Python. ``dtype`` compiles a model given
-    as equations ("float32" or "float64"); ``trainer.params`` come back in the kernel's dtype."""
+    as equations ("float32" or "float64"); ``trainer.params`` come back in the kernel's dtype.
+
+    ``client`` (a ``dask.distributed.Client``) trains data-parallel on that cluster: the workers
+    hold shards of the data and compute their part of every minibatch's loss and gradient, the
+    same updates as one process (to rounding); ``average_every=k`` instead trains a copy on
+    every worker and averages the parameters every k updates (local SGD). See ``gc.scale``."""
 
     def __init__(self, model, optimizer: Optimizer | None = None, *, clip_norm: float | None = None,
                  clip_value: float | None = None, train: list | None = None, tbptt: int | tuple | None = None,
                  dtype: str = "float64", progress: bool = True, callback: Callable | None = None,
-                 compiled: bool | str = "auto"):
+                 compiled: bool | str = "auto", client: "Client | None" = None, average_every: int | None = None):
         self.kernel = model if isinstance(model, Kernel) else compile(model, dtype=dtype)
         step = self.kernel.program
         if step.loss is None:
@@ -187,6 +195,10 @@ class Trainer:
         self.initial: dict | None = None         # learned initial states (fit(learn_initial=..., shooting=...))
         self.window_initial: dict | None = None  # under shooting, every window's
         self.encoder: dict | None = None         # the encoder's parameters (fit(encoder=...))
+        self._cluster = None   # data-parallel on a Dask cluster (gc.scale.parallel)
+        if client is not None or average_every is not None:
+            from ..scale.parallel import DataParallel
+            self._cluster = DataParallel(client, self, average_every)
 
     @property
     def params(self) -> dict | None:
@@ -218,6 +230,8 @@ class Trainer:
         ``trainer.initial``, ``trainer.window_initial`` and ``trainer.encoder``; these epochs run
         in Python, and validation sequences start from zero states (or the encoder's)."""
         if learn_initial or shooting is not None or encoder is not None:
+            if self._cluster is not None:
+                raise GraphcompError("learned initial states train in one process: make the Trainer without client=")
             from ..fit.train import fit_windows
             return fit_windows(self, params, data, epochs, batch_size, lengths=lengths, validation=validation,
                                patience=patience, seed=seed, batch_first=batch_first, learn_initial=learn_initial,
@@ -236,6 +250,8 @@ class Trainer:
         if self.state is None:
             self.state = self.optimizer.init({p: self._params[p] for p in self.train})
         data = sequences(data, lengths, batch_first)
+        if self._cluster is not None:   # the workers' shards of the data, sent once per fit
+            self._cluster.place(data)
         val = None if validation is None else sequences(validation, batch_first=batch_first)
         if patience is not None and val is None:
             raise GraphcompError("patience stops on the validation loss: pass validation=... too")
@@ -262,8 +278,11 @@ class Trainer:
                     if bar is not None:
                         bar.update(done)
                     batches = batches[done:]   # the Python loop reports a failure in its terms
+                if self._cluster is not None and self._cluster.every:   # local SGD: rounds on the workers
+                    total, seen, batches = self._cluster.local_epoch(self, batches, epoch, bar), len(data), []
                 for index in batches:
-                    total += self._update(*data.batch(index), epoch) * len(index)
+                    batch = data.batch(index) if self._cluster is None else ({}, data.lengths[index])   # on the workers
+                    total += self._update(*batch, epoch, index) * len(index)
                     seen += len(index)
                     if bar is not None:   # the epoch's mean loss per sequence so far
                         bar.update(1)
@@ -293,7 +312,7 @@ class Trainer:
 
     def _compiled_epoch(self, updates: int):
         """The compiled epoch, if this fit uses one (built once per trainer)."""
-        use = self.compiled is True or (self.compiled == "auto" and self.tbptt is None and
+        use = self.compiled is True or (self.compiled == "auto" and self.tbptt is None and self._cluster is None and
                                         self.kernel.backend == "numba" and updates >= COMPILED_EPOCH_UPDATES)
         if use and (self._epoch is None or self._epoch.train != self.train):
             self._epoch = Epoch(self.kernel, self.optimizer, self.train)
@@ -310,9 +329,9 @@ class Trainer:
             total += float(loss) * len(index)
         return total / len(data)
 
-    def _update(self, inputs: dict, lengths: np.ndarray, epoch: int) -> float:
-        """One minibatch: loss and gradient (by windows under tbptt), clipping, an update per
-        gradient. Returns the minibatch's mean loss per sequence."""
+    def _update(self, inputs: dict, lengths: np.ndarray, epoch: int, index: np.ndarray | None = None) -> float:
+        """One minibatch (the sequences ``index``): loss and gradient (by windows under tbptt),
+        clipping, an update per gradient. Returns the minibatch's mean loss per sequence."""
         T, B = int(lengths.max()), len(lengths)
         k1, k2 = self.tbptt or (T, T)
         loss, state, start = 0.0, None, 0   # state: every delayed signal's history at step `start`
@@ -323,7 +342,7 @@ class Trainer:
             window = {n: a[start:hi][:, rows] for n, a in inputs.items()}
             steps = np.minimum(lengths[live], hi) - start
             initial = None if state is None else {n: a[:, live] for n, a in state.items()}
-            part, grads = self._loss_and_grad(window, steps, initial, epoch)
+            part, grads = self._loss_and_grad(window, steps, initial, epoch, index)
             if lo > start:   # the window's first steps only carry the state: take their losses out
                 head = {n: a[:lo - start] for n, a in window.items()}
                 before, g = self._loss_and_grad(head, np.minimum(steps, lo - start), initial, epoch)
@@ -345,9 +364,12 @@ class Trainer:
             self.steps += 1
         return loss
 
-    def _loss_and_grad(self, inputs, lengths, initial, epoch):
+    def _loss_and_grad(self, inputs, lengths, initial, epoch, index=None):
         try:
-            loss, grads = self.kernel.loss_and_grad(self._params, inputs, lengths=lengths, initial=initial)
+            if self._cluster is not None:   # the workers' parts of the minibatch, combined
+                loss, grads = self._cluster.loss_and_grad(self._params, index)
+            else:
+                loss, grads = self.kernel.loss_and_grad(self._params, inputs, lengths=lengths, initial=initial)
         except NotFinite as e:
             if self.steps == 0:
                 raise
