@@ -1,6 +1,7 @@
 """Regenerate docs/gallery.md and its diagrams: python docs/make_gallery.py
 
-Each model of the gallery (hand-written classics, then every architecture of gc.models) is drawn as a circuit and unfolded over a few steps (SVG, in
+Each model of the gallery (hand-written classics, then every architecture of gc.models, then
+the grid networks) is drawn as a circuit and unfolded over a few steps or cells (SVG, in
 docs/gallery/), and its equations and derived BPTT equations are written out in LaTeX."""
 from pathlib import Path
 
@@ -91,6 +92,24 @@ LIBRARY = [   # every architecture of gc.models, small enough to read
      "A leaky reservoir W, U, b drawn at a given spectral radius and kept fixed; only V and b_V are trained."),
 ]
 
+GRIDS = [   # the grid networks of gc.models, unfolded over a few cells
+    ("grid_mdrnn", "gc.models.mdrnn (a 2-D RNN)", lambda: M.mdrnn(1, 2, 2), (3, 3),
+     "Each cell reads its neighbours above, h(i-1, j) through Wi, and to the left, h(i, j-1) through Wj: "
+     "a square marks each delay with its axis. Unfolded, the cells sit where the grid has them, each with its "
+     "input beside its state and its readout and loss above; the dashed nodes around the grid are the values "
+     "read outside it (zeros, or `initial`)."),
+    ("grid_mdrnn4", "gc.models.mdrnn, directions=4", lambda: M.mdrnn(1, 2, 2, directions=4), (2, 2),
+     "Four sweeps, one from each corner (h_tl, h_tr, h_bl, h_br): a sweep that reads ahead along an axis "
+     "(i+1 or j+1) is drawn red and dashed, as a backward state is in time, and reads the far side's boundary. "
+     "The readout reads all four states."),
+    ("grid_mdlstm", "gc.models.mdlstm (Graves' MD-LSTM)", lambda: M.mdlstm(1, 2, 2), (2, 2),
+     "One forget gate per axis: c(i, j) forgets c(i-1, j) through f_i and c(i, j-1) through f_j; h(i, j) reads "
+     "c(i, j) in the same cell."),
+    ("grid_gru2d", "gc.models.gru2d", lambda: M.gru2d(1, 2, 2), (2, 2),
+     "A GRU whose previous state is a gated mix of the two neighbours, so that h stays a convex combination of "
+     "the candidate and its neighbours."),
+]
+
 GALLERY = [
     ("scalar_map", "A damped nonlinear map", scalar_map,
      "The scalar map of a dynamical system driven by an input: one state, one delayed self-edge."),
@@ -105,7 +124,7 @@ GALLERY = [
      "A state that reads itself one and three steps back: two delay squares, marked 1 and 3."),
     ("bidirectional", "Bidirectional network", bidirectional,
      "f runs forward in time, g reads g(t+1) and runs backwards (red); the output combines both."),
-] + LIBRARY
+] + LIBRARY + GRIDS
 
 
 def main() -> None:
@@ -117,16 +136,21 @@ def main() -> None:
              "In a circuit, a black square marked k is a delay of k steps; a red square marked +k reads k "
              "steps ahead (the state runs backwards in time). Unfolded, each column is one time step and "
              "every step carries the same parameter labels: the parameters are shared.", ""]
-    for key, title, make, text in GALLERY:
+    for key, title, make, *steps, text in GALLERY:
         if key == LIBRARY[0][0]:
             lines += ["---", "", "The rest of the gallery is the model library, `gc.models` (guide, section 7), "
                       "at small sizes: what each function returns, drawn and derived like any recurrence.", ""]
+        if key == GRIDS[0][0]:
+            lines += ["---", "", "Grid networks run over the rows i and columns j of an image (guide, section 9): "
+                      "in a circuit, a square names the axis of each delay (i−1: the cell above).", ""]
         model = make()
-        for kind, steps in (("circuit", None), ("unfolded", 4)):
-            graph = model.draw(kind, steps=steps)
+        steps = steps[0] if steps else 4
+        for kind, at in (("circuit", None), ("unfolded", steps)):
+            graph = model.draw(kind, steps=at)
             (OUT / f"{key}_{kind}.svg").write_bytes(graph.pipe(format="svg"))
+        over = f"{steps[0]} x {steps[1]} cells" if isinstance(steps, tuple) else f"{steps} steps"
         lines += [f"## {title}", "", text, "",
-                  f"| circuit | unfolded over 4 steps |", "|---|---|",
+                  f"| circuit | unfolded over {over} |", "|---|---|",
                   f"| ![{title} circuit](gallery/{key}_circuit.svg) | ![{title} unfolded](gallery/{key}_unfolded.svg) |",
                   "", "Equations:", "", "$$", model.latex(gradient=False), "$$", "",
                   "Derived backward (BPTT) equations:", "", "$$", aligned(model.gradient_equations()), "$$", ""]

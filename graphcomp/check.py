@@ -64,6 +64,13 @@ def _array(value, what: str, dtype) -> np.ndarray:
     return a.astype(dtype, copy=False)
 
 
+def _plain(a: np.ndarray) -> np.ndarray:
+    """``a`` as the back ends take it: C-ordered and writable. A Fortran-ordered, strided,
+    broadcast or read-only array is copied, so that compiled code sees one array type (and
+    compiles once) whatever the caller's layout."""
+    return a if a.flags.c_contiguous and a.flags.writeable else np.array(a, order="C")
+
+
 def _finite(a: np.ndarray, what: str) -> None:
     """NaN or infinity is an error naming its first index. One reduction decides (a sum of
     finite values is finite unless it overflows); only then is the array searched."""
@@ -111,7 +118,10 @@ def prepare(step: Step, params, inputs, lengths=None, initial=None, *, with_loss
     _names(inputs, "input", needed, step.inputs, step)
     T = B = None
     for name in inputs:
-        a = np.asarray(inputs[name]) if not isinstance(inputs[name], np.ndarray) else inputs[name]
+        try:
+            a = np.asarray(inputs[name]) if not isinstance(inputs[name], np.ndarray) else inputs[name]
+        except Exception as e:
+            raise GraphcompError(f"input {name!r} is not an array: {e}") from None
         info = step.signals[name]
         if a.ndim != 2 + len(info.array_shape):
             raise GraphcompError(f"input {name!r} has shape {_fmt(a.shape)}; expected time-major (T, B"
@@ -138,17 +148,21 @@ def prepare(step: Step, params, inputs, lengths=None, initial=None, *, with_loss
     if lengths is None:
         lens = np.full(B, T, dtype=np.int64)
     else:
-        raw = np.asarray(lengths)
+        try:
+            raw = np.asarray(lengths)
+        except Exception as e:
+            raise GraphcompError(f"lengths must be ({B},) integers, one per sequence: {e}") from None
         if raw.shape != (B,):
             raise GraphcompError(f"lengths has shape {_fmt(raw.shape)}; expected ({B},), one length per sequence"
                                  + _transposed(inputs, T, B, raw.shape == (T,)))
         if not (np.issubdtype(raw.dtype, np.integer) or
                 (np.issubdtype(raw.dtype, np.floating) and np.all(raw == np.round(raw)))):
             raise GraphcompError(f"lengths must be integers, got {raw.dtype}")
+        outside = (raw < 1) | (raw > T)   # before any cast: an unsigned 2**63 or an inf is no wrap-around
+        if outside.any():
+            b = int(np.argmax(outside))
+            raise GraphcompError(f"lengths[{b}] = {raw[b]} is outside 1..{T} (T = {T} steps)")
         lens = raw.astype(np.int64)
-        if lens.min() < 1 or lens.max() > T:
-            b = int(np.argmax((lens < 1) | (lens > T)))
-            raise GraphcompError(f"lengths[{b}] = {lens[b]} is outside 1..{T} (T = {T} steps)")
     partial = bool(lens.min() < T)
     if partial and T == B and inputs:
         warn_if_batch_major({n: inputs[n] for n in inputs}, lens, stacklevel=4)
@@ -165,7 +179,7 @@ def prepare(step: Step, params, inputs, lengths=None, initial=None, *, with_loss
         if partial:   # past its length a sequence reads zeros
             a = np.where(valid.reshape(valid.shape + (1,) * (a.ndim - 2)), a, 0).astype(dtype, copy=False)
         _finite(a, f"input {name!r}")
-        out_inputs[name] = a.reshape((T, B) + info.shape)
+        out_inputs[name] = _plain(a.reshape((T, B) + info.shape))
 
     initial = {} if initial is None else initial
     if not isinstance(initial, Mapping):
@@ -186,7 +200,7 @@ def prepare(step: Step, params, inputs, lengths=None, initial=None, *, with_loss
         if name not in initial:
             out_init[name] = np.zeros((k, B) + info.shape, dtype)
             continue
-        a = _array(initial[name], f"initial value of {name!r}", dtype)
+        given = a = _array(initial[name], f"initial value of {name!r}", dtype)
         full = (k, B) + info.array_shape
         if k == 1 and a.shape == full[1:]:
             a = a[None]
@@ -195,8 +209,8 @@ def prepare(step: Step, params, inputs, lengths=None, initial=None, *, with_loss
             order = "oldest first" if info.direction > 0 else "in time order, first the step after the last"
             raise GraphcompError(f"initial value of {name!r} has shape {_fmt(a.shape)}; expected {hint}"
                                  f"{_fmt(full)}: {k} value(s) per sequence, {order}")
-        _finite(a, f"initial value of {name!r}")
-        out_init[name] = a.reshape((k, B) + info.shape)
+        _finite(given, f"initial value of {name!r}")   # an index in the layout given
+        out_init[name] = _plain(a.reshape((k, B) + info.shape))
     return Batch(T, B, out_params, out_inputs, lens, out_init, dtype)
 
 
@@ -210,7 +224,7 @@ def _params(step: Step, params, dtype) -> dict:
         if a.shape != want and not (a.shape == shape and name in step.weights):
             raise GraphcompError(f"parameter {name!r} has shape {_fmt(a.shape)}, expected {_expected(step, name, a)}")
         _finite(a, f"parameter {name!r}")
-        out[name] = a.reshape(shape)
+        out[name] = _plain(a.reshape(shape))
     return out
 
 
@@ -480,11 +494,16 @@ def _what(info: SignalInfo) -> str:
 
 
 def _batch_from(step: Step, lengths, initial) -> int:
-    if lengths is not None:
-        return int(np.size(lengths))
-    for name, a in (initial or {}).items():
-        if name in step.signals:
-            info = step.signals[name]
-            a = np.asarray(a)
-            return a.shape[0] if a.ndim == len(info.array_shape) + 1 else a.shape[1]
+    """The batch size of a call without inputs: from ``lengths`` or an initial value (1 if
+    neither tells; a value that cannot tell is reported by the checks that follow)."""
+    try:
+        if lengths is not None:
+            return int(np.size(lengths))
+        for name, a in (initial or {}).items() if isinstance(initial, Mapping) else ():
+            info = step.signals.get(name)
+            shape, rank = np.shape(a), 0 if info is None else len(info.array_shape)
+            if info is not None and len(shape) > rank:
+                return shape[0] if len(shape) == rank + 1 else shape[1]
+    except (TypeError, ValueError):
+        pass
     return 1

@@ -1,4 +1,5 @@
-"""The command line: ``graphcomp draw FILE.py:NAME --kind circuit -o out.svg``."""
+"""The command line: ``graphcomp draw FILE.py:NAME --kind circuit -o out.svg`` draws a model;
+``graphcomp cache info`` and ``graphcomp cache clear`` show and empty the disk cache."""
 from __future__ import annotations
 
 import argparse
@@ -71,6 +72,40 @@ def draw(args) -> int:
     return 0
 
 
+def _count(n: int, word: str, many: str | None = None) -> str:
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
+def _bytes(n: int) -> str:
+    return f"{n} bytes" + (f" ({n / 2 ** 20:.1f} MB)" if n >= 2 ** 20 else "")
+
+
+def cache(args) -> int:
+    """``info``: where the disk cache is, and per Numba version its entries, files and bytes;
+    ``clear``: remove them."""
+    from .backends.numba import cache as disk
+    if args.action == "clear":
+        try:
+            files, size = disk.clear()
+        except OSError as e:
+            raise GraphcompError(f"could not clear the cache at {disk.root()}: {e}") from None
+        print(f"graphcomp: removed {_count(files, 'file')} ({_bytes(size)}) from {disk.root()}")
+        return 0
+    found = disk.info()
+    print(f"graphcomp cache: {found['root']}")
+    if not found["enabled"]:
+        print("  off: GRAPHCOMP_CACHE=0 (kernels are compiled in memory)")
+    for f in found["folders"]:
+        mine = ", in use" if f["path"] == found["current"] else ""
+        print(f"  {Path(f['path']).name}: {_count(f['entries'], 'entry', 'entries')}, {_count(f['files'], 'file')}, "
+              f"{_bytes(f['bytes'])}{mine}")
+        if f["damaged"]:
+            print(f"    {_count(f['damaged'], 'damaged file')} set aside in {Path(f['path']) / 'damaged'}")
+    if not found["folders"]:
+        print("  empty")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="graphcomp", description="graphcomp: a compiler for recurrences")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,9 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--steps", type=int, default=None, help="steps to unfold (unfolded, gradient; default 3)")
     d.add_argument("--max-columns", type=int, default=6, help="steps drawn before the middle ones are elided")
     d.add_argument("-o", "--output", required=True, help="output file: .svg, .png, .pdf or .dot")
+    c = sub.add_parser("cache", help="show or empty the disk cache of compiled kernels",
+                       description="The disk cache of compiled kernels: GRAPHCOMP_CACHE_DIR moves it, "
+                                   "GRAPHCOMP_CACHE=0 turns it off.")
+    c.add_argument("action", choices=("info", "clear"), help="info: where it is and what it holds; clear: empty it")
     args = parser.parse_args(argv)
     try:
-        return draw(args)
+        return draw(args) if args.command == "draw" else cache(args)
     except GraphcompError as e:
         print(f"graphcomp: error: {e}", file=sys.stderr)
         return 2

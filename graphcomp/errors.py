@@ -18,7 +18,7 @@ class Diverged(NotFinite):
     overflow (``gc.scale.fits`` reports such a fit and carries on with the others)."""
 
     @classmethod
-    def during(cls, epoch: int, steps: int, cause: Exception) -> "Diverged":
+    def during(cls, epoch: int, steps: int, cause: Exception | str) -> "Diverged":
         """The trainer's report: where it diverged, why, and what to do."""
         return cls(f"training diverged in epoch {epoch + 1} after {steps} updates: {cause}. trainer.params holds "
                    "the last parameters whose loss was finite; lower the learning rate or set clip_norm")

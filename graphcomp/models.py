@@ -16,7 +16,12 @@ Common keyword arguments:
 - ``loss``: ``"mse"`` (``gc.mse(o, y)``), ``"cross_entropy"`` (logits ``o``, one-hot ``y``) or
   ``None`` (no loss, no target).
 - ``prefix`` goes in front of every state and parameter name; ``x``, ``o`` and ``y`` rename
-  the input, the output and the target."""
+  the input, the output and the target.
+
+The grid networks (``mdrnn``, ``mdlstm``, ``gru2d``) run over the axes ``i`` (rows) and ``j``
+(columns), ``gc.models.GRID``; in their weights' names ``Wi`` multiplies the neighbour along
+i, ``Wj`` the one along j, and ``directions=2`` or ``4`` adds sweeps from other corners,
+whose names end in the corner the sweep starts from (``_tl``, ``_tr``, ``_bl``, ``_br``)."""
 from __future__ import annotations
 
 import numbers
@@ -30,6 +35,10 @@ from .errors import GraphcompError, is_count
 from .lang.recurrence import Recurrence
 
 ACTIVATIONS = {"tanh": tanh, "relu": relu, "sigmoid": sigmoid}
+GRID = sp.symbols("i j", integer=True)   # the axes of the grid networks: rows i, columns j
+# each sweep by the corner it starts from, and the offsets (along i, j) of the neighbours it reads
+CORNERS = {"tl": (-1, -1), "tr": (-1, 1), "bl": (1, -1), "br": (1, 1)}
+DIRECTIONS = {1: ("tl",), 2: ("tl", "br"), 4: ("tl", "tr", "bl", "br")}
 LOSSES = ("mse", "cross_entropy", None)
 
 
@@ -350,6 +359,148 @@ def _leaky_cell(H: int, alpha: float | str) -> Callable:
     return cell
 
 
+# ---------------------------------------------------------------- grid networks
+
+def mdrnn(D: int, H: int, O: int, *, directions: int = 1, activation: str = "tanh", loss: str | None = "mse",
+          prefix: str = "", x: str = "x", o: str = "o", y: str = "y") -> Model:
+    """A multi-dimensional RNN over images (Graves et al., 2007): each point reads its
+    neighbours along both axes::
+
+        h(i, j) = act(Wi h(i-1, j) + Wj h(i, j-1) + U x(i, j) + b)        o(i, j) = V h(i, j) + b_V
+
+    ``directions=2`` adds a sweep from the bottom-right corner (reading ``h(i+1, j)`` and
+    ``h(i, j+1)``), ``4`` sweeps from all four corners; the readout reads every direction's
+    state, stacked in the order tl, tr, bl, br. Parameters ``Wi``, ``Wj`` (H x H, orthogonal),
+    ``U`` (H x D), ``b`` (H), ``V`` (O x directions·H), ``b_V`` (O).
+
+    >>> model = gc.models.mdrnn(1, 8, 10, directions=2)
+    >>> model.states
+    ['h_tl', 'h_br']"""
+    D, H, O = _sizes("mdrnn", D, H, O)
+    act = ACTIVATIONS[_choice("mdrnn", "activation", activation, ACTIVATIONS)]
+    return _grid_network("mdrnn", _mdrnn_cell(H, act), D, H, O, directions, loss, prefix, x, o, y)
+
+
+def mdlstm(D: int, H: int, O: int, *, directions: int = 1, loss: str | None = "mse", prefix: str = "",
+           x: str = "x", o: str = "o", y: str = "y") -> Model:
+    """Graves' multi-dimensional LSTM: gates i, g, o as in an LSTM and one forget gate per axis,
+    each gate reading both neighbours::
+
+        q(i, j) = Wi_q h(i-1, j) + Wj_q h(i, j-1) + U_q x(i, j) + b_q     for q in i, fi, fj, g, o
+        c(i, j) = σ(q_fi) ⊙ c(i-1, j) + σ(q_fj) ⊙ c(i, j-1) + σ(q_i) ⊙ tanh(q_g)
+        h(i, j) = σ(q_o) ⊙ tanh(c(i, j))
+
+    and the readout ``V h(i, j) + b_V``; ``directions`` as in ``mdrnn``. The forget biases
+    ``b_fi``, ``b_fj`` start at ``gc.models.init``'s ``forget_bias``. Two forget gates near 1
+    let the cell grow with the number of paths to a point: on large images, a smaller
+    ``forget_bias`` (0 gives each gate 1/2) keeps it in range.
+
+    >>> gc.models.mdlstm(1, 8, 10).states
+    ['c', 'h']"""
+    D, H, O = _sizes("mdlstm", D, H, O)
+    return _grid_network("mdlstm", _mdlstm_cell(H), D, H, O, directions, loss, prefix, x, o, y)
+
+
+def gru2d(D: int, H: int, O: int, *, directions: int = 1, loss: str | None = "mse", prefix: str = "",
+          x: str = "x", o: str = "o", y: str = "y") -> Model:
+    """A 2-D gated recurrent unit: PyTorch's GRU with the previous state replaced by a gated
+    mix of the two neighbours, ``p = h(i, j-1) + m ⊙ (h(i-1, j) - h(i, j-1))``::
+
+        q(i, j) = σ(Wi_q h(i-1, j) + Wj_q h(i, j-1) + U_q x(i, j) + b_q)     for q in r, z, m
+        n(i, j) = tanh(U_n x(i, j) + b_n + r ⊙ (Wi_n h(i-1, j) + Wj_n h(i, j-1) + b_hn))
+        h(i, j) = n + z ⊙ (p - n)
+
+    so ``h`` is a convex combination of the candidate ``n`` and the two neighbours: it stays in
+    (-1, 1) however large the image. ``directions`` as in ``mdrnn``.
+
+    >>> gc.models.gru2d(1, 8, 10, directions=4).states
+    ['h_tl', 'h_tr', 'h_bl', 'h_br']"""
+    D, H, O = _sizes("gru2d", D, H, O)
+    return _grid_network("gru2d", _gru2d_cell(H), D, H, O, directions, loss, prefix, x, o, y)
+
+
+# A grid cell maps (its input, the input's size, state names, parameter names, the offsets
+# (di, dj) of the neighbours it reads) to its updates, its output state and its rules.
+
+def _neighbours(s, d: tuple) -> tuple:
+    """State ``s`` at the two points a sweep with offsets ``d`` reads: along i, along j."""
+    i, j = GRID
+    return s(i + d[0], j), s(i, j + d[1])
+
+
+def _axis_weights(name: Callable, gate: str, H: int) -> tuple:
+    """The recurrent weights of one gate, one per axis: Wi_q, Wj_q (Wi, Wj for no gate)."""
+    q = f"_{gate}" if gate else ""
+    return param(name(f"Wi{q}"), H, H), param(name(f"Wj{q}"), H, H)
+
+
+def _gate_rules(Wi, Wj, U, b) -> dict:
+    return {**_rules(Wi, U, b), Wj.name: "orthogonal"}
+
+
+def _mdrnn_cell(H: int, act: Callable) -> Callable:
+    def cell(inp, n_in, state, name, d):
+        h = signal(state("h"), H)
+        (Wi, Wj), U, b = _axis_weights(name, "", H), param(name("U"), H, n_in), param(name("b"), H)
+        up, side = _neighbours(h, d)
+        return {h(*GRID): act(Wi * up + Wj * side + U * inp + b)}, h, _gate_rules(Wi, Wj, U, b)
+    return cell
+
+
+def _mdlstm_cell(H: int) -> Callable:
+    def cell(inp, n_in, state, name, d):
+        h, c = signal(state("h"), H), signal(state("c"), H)
+        (h_up, h_side), (c_up, c_side) = _neighbours(h, d), _neighbours(c, d)
+        pre, rules = {}, {}
+        for q in ("i", "fi", "fj", "g", "o"):
+            (Wi, Wj), U, b = _axis_weights(name, q, H), param(name(f"U_{q}"), H, n_in), param(name(f"b_{q}"), H)
+            pre[q] = Wi * h_up + Wj * h_side + U * inp + b
+            rules.update(_gate_rules(Wi, Wj, U, b))
+        rules[name("b_fi")] = rules[name("b_fj")] = "forget"
+        cell_value = hadamard(sigmoid(pre["fi"]), c_up) + hadamard(sigmoid(pre["fj"]), c_side) \
+            + hadamard(sigmoid(pre["i"]), tanh(pre["g"]))
+        updates = {c(*GRID): cell_value, h(*GRID): hadamard(sigmoid(pre["o"]), tanh(c(*GRID)))}
+        return updates, h, rules
+    return cell
+
+
+def _gru2d_cell(H: int) -> Callable:
+    def cell(inp, n_in, state, name, d):
+        h = signal(state("h"), H)
+        up, side = _neighbours(h, d)
+        gates, rules = {}, {}
+        for q in ("r", "z", "m", "n"):
+            (Wi, Wj), U, b = _axis_weights(name, q, H), param(name(f"U_{q}"), H, n_in), param(name(f"b_{q}"), H)
+            gates[q] = (Wi * up + Wj * side, U * inp + b)
+            rules.update(_gate_rules(Wi, Wj, U, b))
+        r, z, m = (sigmoid(gates[q][0] + gates[q][1]) for q in "rzm")
+        b_hn = param(name("b_hn"), H)
+        rules[b_hn.name] = 0.0
+        n = tanh(gates["n"][1] + hadamard(r, gates["n"][0] + b_hn))
+        mixed = side + hadamard(m, up - side)
+        return {h(*GRID): n + hadamard(z, mixed - n)}, h, rules
+    return cell
+
+
+def _grid_network(kind: str, cell: Callable, D: int, H: int, O: int, directions: int, loss: str | None,
+                  prefix: str, x: str, o: str, y: str) -> Model:
+    """One cell per direction, each sweeping from its corner; the readout reads them all."""
+    if isinstance(directions, bool) or directions not in DIRECTIONS:
+        raise GraphcompError(f"{kind}: directions={directions!r} must be 1 (a sweep from the top-left corner), "
+                             "2 (also from the bottom-right) or 4 (from every corner)")
+    _names(kind, prefix, x, o, y)
+    updates, rules, tops = {}, {}, []
+    for corner in DIRECTIONS[directions]:
+        name = lambda base, c=corner: prefix + base + (f"_{c}" if directions > 1 else "")
+        u, h, r = cell(signal(x, D)(*GRID), D, name, name, CORNERS[corner])
+        updates.update(u)
+        rules.update(r)
+        tops.append(h(*GRID))
+    V, b_V = param(prefix + "V", O, H * len(tops)), param(prefix + "b_V", O)
+    rules.update(_rules(None, V, b_V))
+    return Model(updates, {o: V * concat(*tops) + b_V}, _loss(kind, loss, signal(o, O)(*GRID), O, y, GRID), rules)
+
+
 # ---------------------------------------------------------------- initialisation
 
 def init(model: Recurrence, seed: int = 0, *, forget_bias: float = 1.0) -> dict[str, np.ndarray]:
@@ -438,11 +589,11 @@ def _rules(W, U, b) -> dict:
     return {**({W.name: "orthogonal"} if W is not None else {}), U.name: "glorot", b.name: 0.0}
 
 
-def _loss(kind: str, loss: str | None, pred, O: int, y: str):
+def _loss(kind: str, loss: str | None, pred, O: int, y: str, at: tuple = (t,)):
     loss = _choice(kind, "loss", loss, LOSSES)
     if loss is None:
         return None
-    target = signal(y, O)(t)
+    target = signal(y, O)(*at)
     return mse(pred, target) if loss == "mse" else cross_entropy(pred, target)
 
 

@@ -9,3 +9,4 @@ python3 benchmarks/bench.py "$@"
 python3 benchmarks/bench_models.py   # gc.models' stacked/bidirectional LSTMs and GRU against torch's fused modules
 python3 benchmarks/bench_train.py   # a training epoch (Trainer, both modes) against PyTorch (about 8 minutes)
 python3 benchmarks/bench_methods.py   # gradient algorithms against T (about 6 minutes)
+python3 benchmarks/bench_grid.py   # 2-D RNN and MD-LSTM against PyTorch and JAX (about 25 minutes: the PyTorch double loop)

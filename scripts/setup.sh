@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Install everything graphcomp needs on a fresh Debian machine: the graphviz `dot` binary
 # and the package with its Python dependencies. `setup.sh test` adds the test tools, matplotlib
-# and statsmodels (the figures and the system-identification examples' baselines), Dask's
-# distributed scheduler (gc.scale, tested on a local cluster) and the CPU build of PyTorch the
-# parity tests compare against.
+# and statsmodels (the figures and the system-identification examples' baselines), scikit-learn
+# (the digits example), Dask's distributed scheduler (gc.scale, tested on a local cluster) and
+# the CPU build of PyTorch the parity tests compare against.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v dot >/dev/null 2>&1; then

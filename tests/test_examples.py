@@ -77,3 +77,10 @@ def test_restarts_on_a_local_cluster_find_the_true_frequency():
     assert result["best"]["gain"] == pytest.approx(1.5, rel=0.01)
     stuck = [f for f in fitted if abs(f["omega"] - 2.0) > 0.1]   # one guess alone rarely finds it
     assert len(stuck) >= 8 and min(losses) < 0.01 * np.median(losses)
+
+
+def test_digits_2d_learns_the_digits():
+    result = run("digits_2d")
+    assert result["logistic"] > 0.95                  # the baseline on the same split
+    assert result["accuracy"] > 0.8                   # short mode (10 classes); the full run beats the baseline
+    assert result["loss"][-1] < 0.5 * result["loss"][0]

@@ -394,6 +394,28 @@ def test_wait_false_answers_on_the_reference_backend_until_the_kernels_are_compi
     assert gc.compile(case.model).ready and gc.compile(case.model).wait()
 
 
+
+def test_products_hoisted_between_sweeps():
+    """A second layer's input product runs over all rows between the layers' loops; a product
+    one sweep computes in its loop and a later one hoists is not read early (found by the
+    property test: s2 hoists the stack [p0; p1; p10] s0(t-2) that s0 itself needs in its loop)."""
+    p = plan(gc.models.elman(3, 4, 2, layers=2, bidirectional=True))
+    loops = [k for k, s in enumerate(p.body) if isinstance(s, Steps)]
+    third = loops[2]                                   # layer 2's first loop, after both of layer 1's
+    assert isinstance(p.body[third - 1], Product) and p.body[third - 1].span == "all"
+    s, x = gc.signal("s", 2), gc.signal("x", 2)
+    u = gc.signal("u", 2)
+    A, C, U = gc.param("A", 2, 2), gc.param("C", 2, 2), gc.param("U", 2, 2)
+    model = gc.Recurrence({s(t): A * s(t - 2) + U * x(t), u(t): gc.tanh(C * s(t - 2) + A * u(t + 1))},
+                          loss=gc.mse(s(t), x(t)) + gc.mse(u(t), x(t)))
+    rng = np.random.default_rng(0)
+    params = {"A": rng.normal(size=(2, 2)) * .5, "C": rng.normal(size=(2, 2)) * .5, "U": rng.normal(size=(2, 2))}
+    data, initial = {"x": rng.normal(size=(5, 2, 2))}, {"s": rng.normal(size=(2, 2, 2))}
+    got = gc.compile(model).loss_and_grad(params, data, [5, 3], initial)
+    want = gc.compile(model, backend="reference").loss_and_grad(params, data, [5, 3], initial)
+    assert rel(got[0], want[0]) < 1e-12 and all(rel(got[1][n], want[1][n]) < 1e-12 for n in params)
+
+
 if __name__ == "__main__":   # regenerate the golden file
     GOLDEN.parent.mkdir(exist_ok=True)
     GOLDEN.write_text(golden_source())

@@ -305,3 +305,36 @@ def test_a_worker_killed_in_data_parallel_training_costs_time_not_results(client
     history = many.fit(start, data, epochs=3, batch_size=8, seed=1)
     assert victim not in client.nthreads() and len(history.loss) == 3
     assert relative(many.params, one.params) < 1e-12
+
+
+def images(n, seed):
+    """n images of random sizes up to 5 x 5 for an MD-RNN: inputs (I_n, J_n, 2), targets (I_n, J_n, 2)."""
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.normal(size=(i, j, 2)), "y": rng.normal(size=(i, j, 2))} for i, j in rng.integers(1, 6, (n, 2))]
+
+
+def test_a_grid_model_scales_out_like_sequences(client):
+    model = gc.models.mdrnn(2, 3, 2)
+    data, val, start = images(12, 0), images(4, 1), gc.models.init(model, seed=1)
+    one = gc.Trainer(model, gc.optim.Adam(1e-2), progress=False)
+    many = gc.Trainer(model, gc.optim.Adam(1e-2), progress=False, client=client)
+    h1 = one.fit(start, data, epochs=2, batch_size=4, seed=3, validation=val)
+    h2 = many.fit(start, data, epochs=2, batch_size=4, seed=3, validation=val)
+    assert relative(many.params, one.params) < 1e-12 and many.steps == one.steps == 6
+    assert h2.loss == pytest.approx(h1.loss, rel=1e-12) and h2.val_loss == pytest.approx(h1.val_loss, rel=1e-12)
+    job = gc.scale.Train(model, start, gc.optim.Adam(1e-2), epochs=2, batch_size=4, seed=3)
+    (result,) = gc.scale.fits(client, [job], data, validation=val, progress=False)
+    assert same(result.params, one.params) and result.history.loss == h1.loss
+
+
+def test_data_parallel_fits_resume_from_their_checkpoints(client, tmp_path):
+    data, start = series(24, 12, 7), ELMAN.init_params(seed=4)
+    for options in ({}, {"average_every": 2}):
+        whole = gc.Trainer(ELMAN, gc.optim.Adam(1e-2), progress=False, client=client, **options)
+        whole.fit(start, data, epochs=3, batch_size=6, seed=2)
+        path = tmp_path / f"run{len(options)}.npz"
+        gc.Trainer(ELMAN, gc.optim.Adam(1e-2), progress=False, client=client, **options).fit(
+            start, data, epochs=1, batch_size=6, seed=2, checkpoint=path, every=2)
+        resumed = gc.Trainer(ELMAN, gc.optim.Adam(1e-2), progress=False, client=client, **options)
+        resumed.fit(start, data, epochs=3, batch_size=6, seed=2, checkpoint=path, resume=True)
+        assert resumed.steps == whole.steps == 12 and relative(resumed.params, whole.params) < 1e-12

@@ -1,7 +1,16 @@
 """The trainer: minibatches of variable-length sequences equal per-sequence gradients,
-truncated BPTT equals full BPTT where it must, freezing, early stopping, divergence,
-checkpoints, progress, batch-first data, float32 parameters, and fitting a system's parameters."""
+truncated BPTT equals full BPTT where it must, freezing, early stopping, divergence caught
+wherever a value overflows, checkpoints refused whenever they are damaged, fits resumed after
+a SIGKILL ending as if never stopped, progress, batch-first data, float32 parameters, and
+fitting a system's parameters."""
+import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +18,7 @@ import sympy as sp
 
 import graphcomp as gc
 from graphcomp import optim
+from graphcomp.train import checkpoint, trainer as trainer_module
 
 t = gc.t
 s, x, y = sp.Function("s"), sp.Function("x"), sp.Function("y")
@@ -226,7 +236,7 @@ def test_a_checkpoint_refuses_another_model_or_optimizer(kernel, tmp_path):
     with pytest.raises(gc.GraphcompError, match="holds the state of Adam, this trainer uses SGD"):
         gc.Trainer(kernel, optim.SGD(0.02), progress=False).load(path)
     (tmp_path / "junk.npz").write_text("not a checkpoint")
-    with pytest.raises(gc.GraphcompError, match="is not a graphcomp checkpoint"):
+    with pytest.raises(gc.GraphcompError, match="is not a graphcomp checkpoint: it is not an .npz archive"):
         trainer.load(tmp_path / "junk.npz")
 
 
@@ -314,3 +324,323 @@ def test_a_float32_trainer_hands_back_float32_parameters(kernel, tmp_path):
     wide.fit({"a": 0.1, "c": 0.1}, seqs, epochs=3)
     assert all(np.asarray(v).dtype == np.float64 for v in wide.params.values())
     assert all(trainer.params[p] == pytest.approx(wide.params[p], rel=1e-5) for p in ("a", "c"))
+
+
+# ---------------------------------------------------------------- damaged checkpoints
+
+@pytest.fixture
+def saved(kernel, tmp_path):
+    trainer = gc.Trainer(kernel, optim.Adam(0.02), progress=False)
+    trainer.fit(START, simulate(kernel, 3, 6, seed=11), epochs=2, batch_size=2)
+    return trainer, trainer.save(tmp_path / "run.npz")
+
+
+def refusal(trainer, path) -> str:
+    with pytest.raises(gc.GraphcompError) as e:
+        trainer.load(path)
+    assert str(e.value).startswith(str(path))
+    return str(e.value)[len(str(path)):]
+
+
+def places(data: bytes) -> list:
+    """Where to cut or change a file: its first and last 200 bytes (the archive's first
+    header; its directory, last record and checksum), and 200 places between."""
+    n = len(data)
+    return sorted(set(range(min(n, 200))) | set(range(max(n - 200, 0), n)) |
+                  set(np.random.default_rng(1).integers(0, n, 200).tolist()))
+
+
+def test_a_checkpoint_cut_short_anywhere_is_refused(saved, tmp_path):
+    trainer, path = saved
+    data, bad = path.read_bytes(), tmp_path / "bad.npz"
+    for n in places(data):
+        bad.write_bytes(data[:n])
+        why = refusal(trainer, bad)
+        if n == 0:
+            assert why == " is empty (0 bytes): it holds no checkpoint; use another one or start over"
+        elif n < 4:
+            assert why == " is not a graphcomp checkpoint: it is not an .npz archive"
+        else:
+            assert why.startswith(f" is cut short or damaged: its {n} bytes do not end with the checksum"), n
+
+
+def test_a_checkpoint_with_any_one_bit_changed_is_refused(saved, tmp_path):
+    trainer, path = saved
+    data, bad = path.read_bytes(), tmp_path / "bad.npz"
+    damaged = " is damaged: its contents do not match the checksum saved with them (a byte changed on disk or in " \
+              "a copy); use another checkpoint or start over"
+    seen = []
+    for i in places(data):
+        flipped = bytearray(data)
+        flipped[i] ^= 1 << (i % 8)
+        bad.write_bytes(bytes(flipped))
+        why = refusal(trainer, bad)
+        seen.append(why == damaged)
+        assert why == damaged or why.startswith(" is cut short or damaged"), i   # the archive's last record
+    assert sum(seen) >= len(seen) - 6   # all but the 4 + 2 bytes that frame the checksum
+
+
+def test_files_that_are_not_checkpoints_say_what_they_are(saved, tmp_path):
+    trainer, path = saved
+    noise = tmp_path / "noise.npz"
+    noise.write_bytes(np.random.default_rng(0).bytes(path.stat().st_size))
+    assert refusal(trainer, noise) == " is not a graphcomp checkpoint: it is not an .npz archive"
+    plain = tmp_path / "plain.npz"
+    np.savez(plain, **{f"param/{p}": v for p, v in trainer.params.items()})
+    assert refusal(trainer, plain).startswith(" has no checksum: it is an .npz archive, but not a checkpoint written "
+                                              "by Trainer.save of this graphcomp (format 2)")
+    with pytest.raises(gc.GraphcompError, match="there is no checkpoint at .*none.npz"):
+        trainer.load(tmp_path / "none.npz")
+    with pytest.raises(gc.GraphcompError, match="is a folder, not a checkpoint file"):
+        trainer.load(tmp_path)
+
+
+def rewritten(path, tmp_path, meta=None, drop=()):
+    """The checkpoint at ``path`` written again, whole and checksummed, with ``meta`` changed
+    and the fields ``drop`` (of meta or arrays) left out: what a buggy or a newer writer
+    could leave."""
+    old, arrays = checkpoint.read(path)
+    old = {k: v for k, v in {**old, **(meta or {})}.items() if k not in drop and k not in ("kind", "version")}
+    if meta and "version" in meta:
+        old["version"] = meta["version"]
+    return checkpoint.write(tmp_path / "edited.npz", old, {k: v for k, v in arrays.items() if k not in drop})
+
+
+def test_checkpoints_missing_fields_or_of_a_newer_format_are_refused(saved, tmp_path):
+    trainer, path = saved
+    meta, _ = checkpoint.read(path)
+    assert meta["version"] == checkpoint.VERSION == 2 and meta["kind"] == "graphcomp checkpoint"
+    newer = rewritten(path, tmp_path, {"version": 3})
+    assert refusal(trainer, newer) == (" was written by a newer graphcomp (checkpoint format 3; this one reads "
+                                       "format 2): upgrade graphcomp to load it")
+    lacks = " lacks {}: it was not written whole by Trainer.save; use another checkpoint or start over"
+    assert refusal(trainer, rewritten(path, tmp_path, drop=["steps"])) == lacks.format("'steps'")
+    assert refusal(trainer, rewritten(path, tmp_path, drop=["param/b"])) == lacks.format("'param/b'")
+    assert refusal(trainer, rewritten(path, tmp_path, drop=["slot/c/v"])) == lacks.format("'slot/c/v'")
+    assert refusal(trainer, rewritten(path, tmp_path, {"steps": -1})).startswith(" holds steps=-1")
+    with pytest.raises(gc.GraphcompError, match="saved from a different model"):
+        trainer.load(rewritten(path, tmp_path, {"model": "0123456789abcdef"}))
+    with pytest.raises(gc.GraphcompError, match="holds the state of SGD, this trainer uses Adam"):
+        trainer.load(rewritten(path, tmp_path, {"optimizer": {"name": "SGD", "weight_decay": 0.0}}))
+    assert trainer.load(rewritten(path, tmp_path)) == trainer.params   # rewritten whole: taken
+
+
+def test_save_syncs_the_file_renames_it_then_syncs_the_folder(saved, tmp_path, monkeypatch):
+    """Watched, not replaced: the real calls run, in this order."""
+    trainer, path = saved
+    calls, fsync, replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (calls.append(("replace", str(a), str(b))), replace(a, b))[1])
+    trainer.save(path)
+    tmp = str(tmp_path / f".run.npz.{os.getpid()}.tmp")
+    assert calls == [("fsync", tmp), ("replace", tmp, str(path)), ("fsync", str(tmp_path))]
+    assert [p.name for p in tmp_path.iterdir()] == ["run.npz"]
+
+
+def test_a_save_that_fails_leaves_the_old_checkpoint_and_no_temporary(saved, tmp_path):
+    trainer, path = saved
+    before = path.read_bytes()
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(gc.GraphcompError, match=r"could not write the checkpoint .*sub \(Is a directory\): check that"):
+        trainer.save(tmp_path / "sub")   # the rename fails: a folder has the name
+    with pytest.raises(gc.GraphcompError, match=r"could not write the checkpoint .*run.npz \(No such file"):
+        trainer.save(tmp_path / "missing" / "run.npz")
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["run.npz", "sub"]
+
+
+# ---------------------------------------------------------------- resumed fits
+
+def resumable(compiled: bool, **options):
+    """The fit the tests interrupt: the module's model, a cosine schedule, clipping, a
+    validation set and early stopping, many minibatches."""
+    model = gc.Recurrence({s(t): a * s(t - 1) + b * sp.tanh(s(t - 2)) + c * x(t) + d * x(t - 1)},
+                          loss=(s(t) - y(t)) ** 2)
+    kernel = gc.compile(model)
+    seqs = simulate(kernel, 64, 14, seed=12, noise=0.3)
+    trainer = gc.Trainer(kernel, optim.Adam(optim.cosine(0.02, 600, 0.001)), clip_norm=2.0, progress=False,
+                         compiled=compiled, **options)
+    return trainer, dict(params=START, data=seqs[:60], validation=seqs[60:], epochs=40, batch_size=4, patience=10,
+                         seed=5)
+
+
+def same_fit(one, h1, two, h2):
+    assert h1.loss == h2.loss and h1.val_loss == h2.val_loss and h1.stopped == h2.stopped
+    assert one.steps == two.steps
+    for p in START:
+        assert one.params[p] == two.params[p]
+        assert all(np.array_equal(one.state[p][k], two.state[p][k]) for k in one.state[p])
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_checkpoints_every_few_updates_change_nothing(compiled, tmp_path):
+    one, fit = resumable(compiled)
+    h1 = one.fit(**fit)
+    two, _ = resumable(compiled)
+    h2 = two.fit(**fit, checkpoint=tmp_path / "run.npz", every=3)
+    same_fit(one, h1, two, h2)
+    assert h1.stopped and len(h1.loss) < fit["epochs"]   # early stopping had its say
+    three, _ = resumable(compiled)   # resuming a finished fit: nothing more to do
+    same_fit(one, h1, three, three.fit(**fit, checkpoint=tmp_path / "run.npz", resume=True))
+
+
+@pytest.mark.parametrize("every, tbptt", [(None, None), (7, None), (7, (2, 4))])
+def test_a_fit_stopped_by_an_exception_resumes_as_if_never_stopped(tmp_path, every, tbptt):
+    """Stopped at epoch 2's end: resumed from that epoch's end (checkpoints after every
+    epoch), or from its last checkpoint within it (every 7 updates; under tbptt, at the end
+    of the minibatch the 7th update falls in)."""
+    one, fit = resumable(False, tbptt=tbptt)
+    fit["epochs"] = 3
+    h1 = one.fit(**fit)
+
+    def stop(epoch, history):
+        if epoch == 1:
+            raise KeyboardInterrupt
+    two, _ = resumable(False, tbptt=tbptt, callback=stop)
+    with pytest.raises(KeyboardInterrupt):
+        two.fit(**fit, checkpoint=tmp_path / "run.npz", every=every)
+    meta, _ = checkpoint.read(tmp_path / "run.npz")
+    assert meta["fit"]["epoch"] == 1 and (meta["fit"]["batch"] > 0) == (every is not None) and meta["steps"] > 0
+    three, _ = resumable(False, tbptt=tbptt)
+    h3 = three.fit(**fit, checkpoint=tmp_path / "run.npz", every=every, resume=True)
+    same_fit(one, h1, three, h3)
+
+
+def test_resuming_checks_it_is_the_same_fit(tmp_path):
+    trainer, fit = resumable(False)
+    path = tmp_path / "run.npz"
+    trainer.fit(**{**fit, "epochs": 2}, checkpoint=path)
+    again, _ = resumable(False)
+    more = again.fit(**{**fit, "epochs": 3}, checkpoint=path, resume=True)   # more epochs: the same fit, longer
+    longer, _ = resumable(False)
+    same_fit(again, more, longer, longer.fit(**{**fit, "epochs": 3}))
+    for change, what in (({"seed": 6}, "seed=5, this one seed=6"), ({"batch_size": 5}, "batch_size=4, this one "
+                         "batch_size=5"), ({"data": fit["data"][1:]}, "other data"),
+                         ({"params": {**START, "a": 0.2}}, "other starting parameters")):
+        with pytest.raises(gc.GraphcompError, match=re.escape(f"holds another fit ({what}): resume it with the "
+                                                              "arguments it was started with, or pass resume=False")):
+            resumable(False)[0].fit(**{**fit, **change}, checkpoint=path, resume=True)
+    trainer.save(path)
+    with pytest.raises(gc.GraphcompError, match=r"holds parameters but no fit to resume .* trainer.load\(path\)"):
+        resumable(False)[0].fit(**fit, checkpoint=path, resume=True)
+    for options, message in (({"every": 3}, "every and resume are about checkpoints"),
+                             ({"checkpoint": path, "every": 0}, "every must be a positive number of updates, got 0"),
+                             ({"checkpoint": tmp_path / "no" / "run.npz"}, "there is no folder .*no to write it in")):
+        with pytest.raises(gc.GraphcompError, match=message):
+            resumable(False)[0].fit(**fit, **options)
+
+
+CHILD = """
+import sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from test_train import resumable
+trainer, fit = resumable({compiled})
+history = trainer.fit(**fit, checkpoint={path!r}, every=3, resume=True)
+np.savez({out!r}, loss=history.loss, val=history.val_loss, steps=trainer.steps, **trainer.params)
+"""
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_fit_killed_at_any_moment_resumes_to_the_same_parameters(compiled, tmp_path):
+    """SIGKILL at random moments (during updates, compiled epochs, saves: a few random saves
+    into each run, then up to 20 ms more), each run resumed from its checkpoint: the end is
+    the uninterrupted fit's, to the last bit."""
+    one, fit = resumable(compiled)
+    h1 = one.fit(**fit)
+    assert h1.stopped and one.steps > 300
+    path, out = tmp_path / "run.npz", tmp_path / "out.npz"
+    script = CHILD.format(tests=str(Path(__file__).parent), compiled=compiled, path=str(path), out=str(out))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
+    rng, steps = np.random.default_rng(0), []
+    for saves, delay in zip(rng.integers(1, 12, 2), rng.uniform(0.0, 0.02, 2)):
+        child = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE)
+        seen = path.stat().st_ino if path.exists() else None
+        while child.poll() is None and saves:
+            if path.exists() and path.stat().st_ino != seen:   # each save renames a new file into place
+                seen, saves = path.stat().st_ino, saves - 1
+            time.sleep(0.0005)
+        time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+        assert child.wait() == -signal.SIGKILL, child.stderr.read().decode()
+        steps.append(json.loads(str(np.load(path)["meta"]))["steps"])
+    assert 0 < steps[0] < steps[1] < one.steps   # each run got further, none to the end
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    with np.load(out) as result:
+        assert list(result["loss"]) == h1.loss and list(result["val"]) == h1.val_loss
+        assert int(result["steps"]) == one.steps
+        for p in START:
+            assert result[p] == one.params[p]
+
+
+# ---------------------------------------------------------------- divergence, wherever a value overflows
+
+Z = sp.Function("z")
+
+
+@pytest.fixture(scope="module")
+def wild():
+    """s(t) = a s(t-1) + c x(t), read as d s(t) against y(t), plus b z(t): with z large, b's
+    gradient (or its square) overflows while everything else is finite."""
+    model = gc.Recurrence({s(t): a * s(t - 1) + c * x(t)}, loss=(d * s(t) - y(t)) ** 2 + b * Z(t))
+    return gc.compile(model)
+
+
+def wild_data(xs=1.0, zs=0.0):
+    rng = np.random.default_rng(0)
+    return {"x": xs * rng.normal(size=(40, 8)), "y": np.ones((40, 8)), "z": np.full((40, 8), zs)}
+
+
+def jump(lr):   # a schedule: two careful updates, then a reckless one
+    return lambda step: 1e-3 if step < 2 else lr
+
+
+WILD = {"a": 0.5, "b": 0.0, "c": 0.5, "d": 0.5}
+OVERFLOWS = {   # what overflows: the optimizer, the trainer's options, the data, and what graphcomp says
+    "a state": (optim.SGD(jump(1e10)), {}, wild_data(), 2,
+                r"after 3 updates: state 's' became -?inf at t=\d+ in sequence \d+"),
+    "the loss": (optim.SGD(jump(1e305)), {}, wild_data(xs=0.0, zs=10.0), 2,
+                 r"after 3 updates: the loss is not finite \(-inf\) although every state is"),
+    "a parameter": (optim.SGD(jump(1e308)), {}, wild_data(zs=10.0), 2,
+                    r"after 2 updates: the next update made parameter 'a' -?inf although its loss and gradient"),
+    "the optimizer's state": (optim.Adam(1e-3), {}, wild_data(zs=1e160), 0,
+                              r"after 0 updates: the next update made the optimizer's 'v' of parameter 'b' inf"),
+    "the gradient's norm": (optim.SGD(1e-3), {"clip_norm": 1.0}, wild_data(zs=1e160), 0,
+                            r"^the gradient's norm overflows \(its entries are too large to square\)"),
+    "a gradient": (optim.SGD(1e-3), {}, wild_data(zs=1e308), 0,
+                   r"^the gradient of 'b' is not finite \(inf/nan\) although every state is"),
+}
+
+
+@pytest.mark.parametrize("where", OVERFLOWS)
+def test_an_overflow_anywhere_stops_training_with_the_last_finite_parameters(wild, where):
+    """In the Python loop and in the compiled epoch alike: the same error, and the parameters,
+    optimizer state and step count from before the update that led to the overflow."""
+    optimizer, options, data, good, message = OVERFLOWS[where]
+    careful = {p: np.array(v) for p, v in WILD.items()}   # the updates before, made by hand
+    for index in trainer_module._minibatches(np.full(8, 40), 1, np.random.default_rng(0))[:good]:
+        _, grads = wild.loss_and_grad(careful, {n: v[:, index] for n, v in data.items()})
+        careful = {p: careful[p] - 1e-3 * grads[p] for p in careful}
+    errors = []
+    for compiled in (False, True):
+        trainer = gc.Trainer(wild, optimizer, progress=False, compiled=compiled, **options)
+        with pytest.raises(gc.GraphcompError, match=message) as e:
+            trainer.fit(WILD, data, epochs=2, batch_size=1)
+        errors.append(str(e.value))
+        if good:
+            assert str(e.value).startswith("training diverged in epoch 1") and "lower the learning rate" in str(e.value)
+        assert trainer.steps == good
+        for p in WILD:
+            assert trainer.params[p] == pytest.approx(careful[p], rel=1e-12, abs=0)
+        assert all(np.isfinite(v).all() for slots in trainer.state.values() for v in slots.values())
+    assert errors[0] == errors[1]
+
+
+def test_a_validation_loss_that_overflows_stops_training(wild):
+    trainer = gc.Trainer(wild, optim.SGD(1e-3), progress=False)
+    with pytest.raises(gc.GraphcompError, match=r"training diverged in epoch 1 on the validation data: the gradient of "
+                                                r"'b' is not finite .* trainer.params holds the parameters after that "
+                                                r"epoch; lower the learning rate"):
+        trainer.fit(WILD, wild_data(zs=1.0), epochs=2, batch_size=4, validation=wild_data(zs=1e308))
+    assert trainer.steps == 2 and all(np.isfinite(v) for v in trainer.params.values())

@@ -184,6 +184,8 @@ class Recurrence:
         square marked k on every edge delayed by k steps), ``"unfolded"`` (one column per step,
         ``steps`` of them, default 3; the middle ones elided past ``max_columns``), ``"step"``
         (the ops of one step) or ``"gradient"`` (unfolded, with the backward flow in red).
+        Over a grid the squares name the axes of each delay (``i−1``, ``j+1``) and ``steps``
+        is a tuple of extents, default (3, 3): the cells are laid out as the grid.
         Jupyter shows it inline; ``.render(path, format="svg")`` writes a file."""
         from ..views.draw import draw
         return draw(self.step, kind, steps, max_columns)

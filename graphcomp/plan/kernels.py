@@ -15,7 +15,7 @@ import sympy as sp
 from .. import ir
 from ..ir.autodiff import LOSS, adjoint, grad_var
 from ..ir import X, Node
-from ..ir.passes import fused_step
+from ..ir.passes import fuse_products, fused_step
 from ..lang.step import Step
 from .nodes import Kernel, Outer, Place, Seed, Steps, Weight, check, Clear
 from .region import Builder, Region, Sink, Unsupported, kind, length, resolve, width
@@ -190,12 +190,14 @@ class Plans:
         return {s: window[s] for k, sweep in enumerate(step.sweeps) for s in sweep.states if writers[s] <= {k}}
 
     def _depends_on_state(self):
+        """node -> the states it reads (a frozenset; empty: it can run before every loop)."""
         memo: dict = {}
 
-        def dep(n: Node) -> bool:
+        def dep(n: Node) -> frozenset:
             for m in ir.toposort([n], stop=memo):
                 if m not in memo:
-                    memo[m] = (m.op == "read" and m.attr[0] in self.step.updates) or any(memo[a] for a in m.args)
+                    own = {m.attr[0]} if m.op == "read" and m.attr[0] in self.step.updates else set()
+                    memo[m] = frozenset(own.union(*(memo[a] for a in m.args)))
             return memo[n]
         return dep
 
@@ -235,9 +237,14 @@ class Plans:
                         sends.setdefault((name, off), []).append(ir.substitute([node], seeds)[0])
                 for q, node in adj.params[who].items():
                     grads.setdefault(q, []).append(ir.substitute([node], seeds)[0])
-            sinks = [Sink(ir.add(*nodes), self.timeline(b, name, off, "cot"), "+=", "zero")
-                     for (name, off), nodes in sends.items()]
-            out.append((sweep, sinks, {q: ir.add(*nodes) for q, nodes in grads.items()}))
+            sent = {key: ir.add(*nodes) for key, nodes in sends.items()}
+            grads = {q: ir.add(*nodes) for q, nodes in grads.items()}
+            # products of one cotangent with several weights (δ Wᵀ to h(i-1, j) and δ Rᵀ to
+            # h(i, j-1); a second layer's δ to its own past and to the layer below): one product
+            fused = fuse_products([*sent.values(), *grads.values()])
+            sinks = [Sink(fused[node], self.timeline(b, name, off, "cot"), "+=", "zero")
+                     for (name, off), node in sent.items()]
+            out.append((sweep, sinks, {q: fused[node] for q, node in grads.items()}))
         return out
 
     def _tapes(self, b: Builder, roots: list, sweeps: list, known: dict, dep) -> dict:
@@ -274,14 +281,21 @@ class Plans:
 
     # -------------------------------------------------------- loops
     def _hoist(self, b: Builder, sweeps: list, dep) -> tuple[list, dict]:
-        """The products that read no state, over every step's rows before the loops."""
-        products = []
-        for mapping in sweeps:
-            for n in mapping.values():
-                if n.batched and n.op == "matmul" and kind(n) == "product" and not dep(n) and n not in products:
-                    products.append(n)
-        region = Region(b, self.leaf(b, {}), "all")
-        return region.run([Sink(n, None) for n in products]), region.homes
+        """Per sweep, the products it needs that read no state of its own or of a later sweep
+        (``U x(t)``, a second layer's ``U₂ h₁(t)``): over every step's rows before its loop, in
+        one product each. Returns the statements before each sweep, what each sweep may read
+        (a product hoisted for a later sweep is not there yet in an earlier one), and where every
+        hoisted product lives."""
+        known, before, seen, done = {}, [], [], frozenset()
+        for sweep, mapping in zip(self.step.sweeps, sweeps):
+            products = [n for n in dict.fromkeys(mapping.values())
+                        if n.batched and n.op == "matmul" and kind(n) == "product" and n not in known and dep(n) <= done]
+            region = Region(b, self.leaf(b, known), "all")
+            before.append(region.run([Sink(n, None) for n in products]) if products else [])
+            known.update(region.homes)
+            seen.append(dict(known))
+            done |= frozenset(sweep.states)
+        return before, seen, known
 
     def _steps(self, b: Builder, direction: int, sinks: list, known: dict, note: str,
                gradients: Gradients | None = None, contributions: dict | None = None,
@@ -308,9 +322,10 @@ class Plans:
         w = b.buffers[f"d{s}_"].width
         return b.buffer("seed", ("blocks", self._seed_k(s)), w, name=f"seed_{s}")
 
-    def _forward_loops(self, b: Builder, sweeps: list, known: dict, tapes: dict) -> list:
+    def _forward_loops(self, b: Builder, sweeps: list, seen: list, tapes: dict, before: list) -> list:
         out = []
-        for sweep, mapping in zip(self.step.sweeps, sweeps):
+        for sweep, mapping, hoisted, known in zip(self.step.sweeps, sweeps, before, seen):
+            out += hoisted
             # past its end: zero, or its boundary values; over a grid, what outside points hold
             guard = "keep" if self.step.grid or self.step.tree or sweep.direction < 0 else "zero"
             sinks = [Sink(mapping[self.step.updates[s]], self.timeline(b, s, 0), "=", guard) for s in sweep.states]
@@ -331,8 +346,8 @@ class Plans:
         signals = [n for n in step.signals if n in reads]
         for n in signals:
             self.timeline(b, n, 0)
-        body, known = self._hoist(b, sweeps, dep)
-        body += self._nonempty(self._forward_loops(b, sweeps, known, {}))
+        before, seen, known = self._hoist(b, sweeps, dep)
+        body = self._nonempty(self._forward_loops(b, sweeps, seen, {}, before))
         outs, sinks = {}, []
         for o, node in step.outputs.items():
             outs[o] = b.buffer("out", b.everywhere(), None if node.shape == () else length(node.shape), name=f"out_{o}")
@@ -349,15 +364,14 @@ class Plans:
             self.timeline(b, n, 0)
         for s in step.states:
             self.timeline(b, s, 0, "cot")
-        body, known = self._hoist(b, sweeps, dep)
-        known = dict(known)
+        before, seen, known = self._hoist(b, sweeps, dep)
         backward = self._backward_sweeps(b)
         loss = Place(b.buffer("acc", ("block", 1), None, zero=True, name="loss_"))
         loss_sink = Sink(ir.emap(X(0) * X(1), [LOSS_SEED, step.loss]), loss, "+=", "zero")
         roots = [s.node for _, sinks, _ in backward for s in sinks] + \
                 [n for _, _, grads in backward for n in grads.values()] + ([loss_sink.node] if self.fuse_loss else [])
         tapes = self._tapes(b, roots, sweeps, known, dep)
-        body += self._nonempty(self._forward_loops(b, sweeps, known, tapes))
+        body = self._nonempty(self._forward_loops(b, sweeps, seen, tapes, before))
         known.update(tapes)
         gradients = Gradients(b, self.boundary)
         weight = {**known, LOSS_SEED: Weight()}

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import GraphcompError, NotFinite
 from ..fit import Fit, least_squares
 from ..train.optim import Optimizer
-from ..train.trainer import History, Trainer, sequences
+from ..train.trainer import History, Trainer, examples
 from .cluster import Kernels, Model, distributed, prepare
 
 if TYPE_CHECKING:
@@ -89,7 +89,8 @@ class Train(Job):
         fit_keys = _keywords(Trainer.fit, {"params", "data", "validation", "lengths", "batch_first"})
         unknown = sorted(set(options) - trainer_keys - fit_keys)
         if unknown:
-            raise GraphcompError(f"a Train job takes the keywords of gc.Trainer ({', '.join(sorted(trainer_keys))}) and "
+            trainer_words = ", ".join(sorted(trainer_keys))
+            raise GraphcompError(f"a Train job takes the keywords of gc.Trainer ({trainer_words}) and "
                                  f"of its fit ({', '.join(sorted(fit_keys))}), not {', '.join(unknown)} (data layout: "
                                  "pass lengths= and batch_first= to gc.scale.fits)")
         self.optimizer = optimizer
@@ -145,7 +146,8 @@ def _validated(result: Result, kernel, validation) -> Result:
         try:
             result.val_loss = float(Trainer(kernel, progress=False).evaluate(validation, result.params))
         except NotFinite as e:
-            result.val_loss, result.diverged = math.inf, f"the validation loss of the fitted parameters is not finite: {e}"
+            result.val_loss = math.inf
+            result.diverged = f"the validation loss of the fitted parameters is not finite: {e}"
     return result
 
 
@@ -166,17 +168,18 @@ def fits(client: "Client | None", jobs: list, data=None, validation=None, *, len
         if not isinstance(job, Job):
             raise GraphcompError(f"jobs[{i}] is a {type(job).__name__}: give gc.scale.Train(...) or "
                                  "gc.scale.LeastSquares(...) jobs")
-    sets: dict = {}   # id(data as given) -> Sequences: each data set converted (and later sent) once
+    sets: dict = {}   # (id(data as given), axes) -> Sequences or Grids: each data set converted (and later sent) once
     plan = []
     for i, job in enumerate(jobs):
         train = data if job.data is None else job.data
         if train is None:
             raise GraphcompError(f"{_label(i, job)} has no data: pass data=... to gc.scale.fits or to the job")
         val = validation if job.validation is None else job.validation
-        for given in (train, val):
-            if given is not None and id(given) not in sets:
-                sets[id(given)] = sequences(given, lengths if given is data else None, batch_first)
-        plan.append((id(train), None if val is None else id(val)))
+        keys = [None if given is None else (id(given), job.model.step.axes) for given in (train, val)]
+        for given, key in zip((train, val), keys):
+            if key is not None and key not in sets:
+                sets[key] = examples(job.model.step, given, lengths if given is data else None, batch_first)
+        plan.append(tuple(keys))
     bar = _bar(len(jobs), progress)
     try:
         if client is None:

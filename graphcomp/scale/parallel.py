@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import Diverged, GraphcompError, NotFinite, is_count
-from ..train.trainer import Sequences
+from ..errors import GraphcompError, NotFinite, is_count
 from .cluster import Model, distributed, prepare
 
 if TYPE_CHECKING:
     from distributed import Client
+
+    from ..train.grids import Grids
+    from ..train.trainer import Sequences
 
 RETRIES = 5   # an update whose data the cluster lost is recomputed this often before giving up
 
@@ -45,11 +47,11 @@ class DataParallel:
         self.client, self.every = client, every
         self.spec = Model.of(trainer.kernel)
         self.model = client.scatter(self.spec, broadcast=True, hash=False)   # on every worker, sent once
-        self.data: Sequences | None = None
+        self.data: "Sequences | Grids | None" = None
         self.bounds = np.zeros(1, np.int64)   # shard w holds the sequences bounds[w]:bounds[w + 1]
         self.shards: list = []                # their futures
 
-    def place(self, data: Sequences) -> None:
+    def place(self, data: "Sequences | Grids") -> None:
         """Cut ``data`` into a shard per worker thread and send each to its worker."""
         slots = [a for a, n in sorted(self.client.nthreads().items()) for _ in range(n)]
         if not slots:
@@ -59,10 +61,8 @@ class DataParallel:
         self.shards = [self._send(w, slots[w]) for w in range(W)]
 
     def _send(self, w: int, worker: str | None = None):
-        lo, hi = self.bounds[w], self.bounds[w + 1]
-        lengths = self.data.lengths[lo:hi]
-        T = int(lengths.max())
-        shard = Sequences({n: np.ascontiguousarray(a[:T, lo:hi]) for n, a in self.data.arrays.items()}, lengths.copy())
+        index = np.arange(self.bounds[w], self.bounds[w + 1])
+        shard = type(self.data)(self.data.batch(index)[0], self.data.lengths[index])   # Sequences or Grids
         return self.client.scatter(shard, workers=None if worker is None else [worker], hash=False)
 
     def _parts(self, index: np.ndarray) -> list:
@@ -96,36 +96,28 @@ class DataParallel:
         B = len(index)
         return sum(loss for loss, _ in parts) / B, {p: sum(g[p] for _, g in parts) / B for p in parts[0][1]}
 
-    def local_epoch(self, trainer, batches: list, epoch: int, bar) -> float:
-        """An epoch of local SGD: rounds of ``every`` minibatches, each worker updating its copy
-        on its parts of them, then the copies averaged into ``trainer``'s parameters and state.
-        Returns the summed loss of the epoch's sequences."""
+    def local_round(self, trainer, batches: list, epoch: int) -> list:
+        """A round of local SGD on the minibatches ``batches``: each worker updates its copy on
+        its parts of them, then the copies are averaged into ``trainer``'s parameters and
+        optimizer state. Returns each minibatch's mean loss per example."""
         from .worker import local_round
-        total, count = 0.0, 0
-        for r in range(0, len(batches), self.every):
-            rnd = batches[r:r + self.every]
-            parts: dict = {}   # shard -> its positions in each minibatch of the round (empty: none there)
-            for j, index in enumerate(rnd):
-                for w, pos in self._parts(index):
-                    parts.setdefault(w, [np.zeros(0, np.int64)] * len(rnd))[j] = pos
-            state = {p: trainer.state[p] for p in trainer.train}
-            try:
-                out = self._gather(lambda w, mine: self.client.submit(
-                    local_round, self.model, self.shards[w], trainer._params, state, trainer.optimizer, trainer.train,
-                    trainer.clip_norm, trainer.clip_value, mine, trainer.steps, pure=False), list(parts.items()))
-            except NotFinite as e:   # trainer._params still holds the last average, whose loss was finite
-                if trainer.steps == 0:
-                    raise
-                raise Diverged.during(epoch, trainer.steps, e) from None
-            seen = np.array([sum(map(len, mine)) for mine in parts.values()], np.float64)
-            weights = seen / seen.sum()
-            for p in trainer.train:
-                trainer._params[p] = np.array(sum(w * o[0][p] for w, o in zip(weights, out)), np.float64)
-                trainer.state[p] = {s: np.array(sum(w * o[1][p][s] for w, o in zip(weights, out)), np.float64)
-                                    for s in trainer.state[p]}
-            trainer.steps += len(rnd)
-            total, count = total + sum(o[2] for o in out), count + int(seen.sum())
-            if bar is not None:   # the epoch's mean loss per sequence so far
-                bar.update(len(rnd))
-                bar.set_postfix(epoch=epoch + 1, loss=f"{total / count:.4g}", refresh=False)
-        return total
+        parts: dict = {}   # shard -> its positions in each minibatch of the round (empty: none there)
+        for j, index in enumerate(batches):
+            for w, pos in self._parts(index):
+                parts.setdefault(w, [np.zeros(0, np.int64)] * len(batches))[j] = pos
+        state = {p: trainer.state[p] for p in trainer.train}
+        if trainer.steps:   # what a divergence goes back to (none before the first update, as in one process)
+            trainer._good = (trainer._params, state, trainer.steps)   # replaced below, not changed in place
+        try:
+            out = self._gather(lambda w, mine: self.client.submit(
+                local_round, self.model, self.shards[w], trainer._params, state, trainer.optimizer, trainer.train,
+                trainer.clip_norm, trainer.clip_value, mine, trainer.steps, pure=False), list(parts.items()))
+        except NotFinite as e:
+            trainer._diverged(epoch, str(e))
+        seen = np.array([[len(pos) for pos in mine] for mine in parts.values()], np.float64)   # (shards, minibatches)
+        weights = seen.sum(1) / seen.sum()
+        average = lambda values: np.array(sum(w * v for w, v in zip(weights, values)), np.float64)
+        trainer._params = {**trainer._params, **{p: average(o[0][p] for o in out) for p in trainer.train}}
+        trainer.state = {p: {s: average(o[1][p][s] for o in out) for s in state[p]} for p in trainer.train}
+        trainer.steps += len(batches)
+        return list(np.sum([o[2] for o in out], axis=0) / seen.sum(0))

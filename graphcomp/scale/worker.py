@@ -41,14 +41,14 @@ def shard_loss_and_grad(model: Model, shard, params: dict, positions: np.ndarray
 
 
 def local_round(model: Model, shard, params: dict, state: dict, optimizer: Optimizer, train: list,
-                clip_norm, clip_value, parts: list, step: int) -> tuple[dict, dict, float]:
+                clip_norm, clip_value, parts: list, step: int) -> tuple[dict, dict, list]:
     """Local SGD on one shard: an update on each of ``parts`` (its positions in the round's
     minibatches; an empty part is no update), the j-th counted as update ``step + j``. Returns
-    the trained parameters, the optimizer's state and the summed loss of the sequences seen."""
+    the trained parameters, the optimizer's state and each part's summed loss."""
     kernel = kernels().get(model)
     params = {p: np.array(v, np.float64) for p, v in params.items()}
     state = {p: {s: np.array(a, np.float64) for s, a in slots.items()} for p, slots in state.items()}
-    total = 0.0
+    losses = [0.0] * len(parts)
     for j, positions in enumerate(parts):
         if not len(positions):
             continue
@@ -57,5 +57,5 @@ def local_round(model: Model, shard, params: dict, state: dict, optimizer: Optim
         grads = {p: np.array(grads[p], np.float64) for p in train}
         clip(grads, clip_norm, clip_value)
         optimizer.update(params, grads, state, step + j)
-        total += float(loss) * len(positions)
-    return {p: params[p] for p in train}, state, total
+        losses[j] = float(loss) * len(positions)
+    return {p: params[p] for p in train}, state, losses

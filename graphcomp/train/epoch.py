@@ -9,7 +9,7 @@ import numba
 import numpy as np
 from numba import njit
 
-from ..backends.numba.backend import load
+from ..backends.numba.cache import load
 from ..errors import GraphcompError
 from .optim import Optimizer
 
@@ -25,8 +25,10 @@ def _gather(data, index, T, before, ext):
 
 def source(kernel, optimizer: Optimizer, train: list) -> str:
     """The epoch module of a kernel (Numba backend) and an optimizer: ``epoch(...)`` runs the
-    minibatches ``order[starts[k]:starts[k + 1]]`` in turn and returns how many it finished
-    (fewer when a loss or gradient is not finite: that minibatch is left for the caller)."""
+    minibatches ``order[starts[k]:starts[k + 1]]`` in turn and returns how many it finished:
+    fewer when a loss, a gradient or the norm clipped is not finite, or when an update makes
+    a parameter or the optimizer's state non-finite (it is undone). That minibatch is left for
+    the caller, and ``prev_*`` hold the parameters and slots before the last finished update."""
     backend, step = kernel.impl, kernel.program
     compiled = backend.kernel("loss_and_grad")
     names = compiled.plan.signals
@@ -50,7 +52,8 @@ def source(kernel, optimizer: Optimizer, train: list) -> str:
     ]
     slots = [f"s_{p}_{s}" for p in train for s in optimizer.slots]
     args = ["order", "starts", "lens", "work", *(f"d_{n}" for n in inputs), *(f"f_{p}" for p in params),
-            *(f"prev_{p}" for p in train), *slots, "lrs", "h", "step0", "clip_norm", "clip_value", "losses"]
+            *(f"prev_{p}" for p in train), *slots, *(f"prev_{s}" for s in slots), "lrs", "h", "step0",
+            "clip_norm", "clip_value", "losses"]
     body = [f"def epoch({', '.join(args)}):",
             "for k in range(starts.size - 1):",
             "    index = order[starts[k]:starts[k + 1]]",
@@ -83,11 +86,17 @@ def source(kernel, optimizer: Optimizer, train: list) -> str:
     body.append("    if clip_value < np.inf:")
     body += [f"        np.clip(g_{p}, -clip_value, clip_value, g_{p})" for p in train]
     body += [f"    total += np.sum(g_{p} * g_{p})" for p in train]
+    body += ["    if clip_norm < np.inf and not np.isfinite(total):", "        return k"]   # its norm overflows
     body += ["    if np.sqrt(total) > clip_norm:", "        scale = clip_norm / np.sqrt(total)"]
     body += [f"        g_{p} *= scale" for p in train]
+    mine = {p: [f"f_{p}"] + [f"s_{p}_{s}" for s in optimizer.slots] for p in train}   # what an update changes
     for p in train:
-        their = ", ".join(f"s_{p}_{s}" for s in optimizer.slots)
-        body += [f"    prev_{p}[:] = f_{p}", f"    _rule(f_{p}, g_{p}, {their}, lrs[k], h, step0 + k)"]
+        body += [f"    keep_{a} = {a}.copy()" for a in mine[p]]
+        body.append(f"    _rule(f_{p}, g_{p}, {', '.join(mine[p][1:])}, lrs[k], h, step0 + k)")
+    changed = [a for p in train for a in mine[p]]
+    body += ["    ok = True"] + [f"    ok = ok and np.all(np.isfinite({a}))" for a in changed]
+    body += ["    if not ok:"] + [f"        {a}[:] = keep_{a}" for a in changed] + ["        return k"]
+    body += [f"    prev_{a[2:] if a.startswith('f_') else a}[:] = keep_{a}" for a in changed]
     body += ["    losses[k] = loss", "return starts.size - 1"]
     lines += ["@njit(cache=True, error_model='numpy')", "\n    ".join(body), ""]
     return "\n".join(lines)
@@ -113,10 +122,10 @@ class Epoch:
                 for n in names if n in batch.inputs}
 
     def run(self, params: dict, state: dict, arrays: dict, lengths: np.ndarray, batches: list, step0: int,
-            clip_norm: float | None, clip_value: float | None) -> tuple[np.ndarray, int, dict]:
+            clip_norm: float | None, clip_value: float | None) -> tuple[np.ndarray, int, tuple | None]:
         """Train on ``batches`` (index arrays) in order, updating ``params`` and ``state`` in
-        place. Returns the minibatches' losses, how many finished, and the parameters before
-        the last update."""
+        place. Returns the minibatches' losses, how many finished, and the parameters, the
+        optimizer's state and the step count before the last update (None if none finished)."""
         impl, step = self.kernel.impl, self.kernel.program
         order = np.concatenate(batches).astype(np.int64)
         starts = np.cumsum([0] + [len(b) for b in batches]).astype(np.int64)
@@ -127,15 +136,20 @@ class Epoch:
         flat = {p: params[p].reshape(-1) for p in step.params}
         prev = {p: flat[p].copy() for p in self.train}
         slots = [state[p][s].reshape(-1) for p in self.train for s in self.optimizer.slots]
+        before = {p: {s: np.empty_like(state[p][s]) for s in self.optimizer.slots} for p in self.train}
         lrs = np.array([self.optimizer.rate(step0 + k) for k in range(len(batches))], np.float64)
         losses = np.zeros(len(batches))
         inputs = [arrays[n] for n in names if n in arrays]
         try:
             done = self.module.epoch(order, starts, lengths.astype(np.int64), work, *inputs, *flat.values(),
-                                     *prev.values(), *slots, lrs, self.optimizer.hyper(), step0,
+                                     *prev.values(), *slots, *(a.reshape(-1) for b in before.values() for a in b.values()),
+                                     lrs, self.optimizer.hyper(), step0,
                                      np.inf if clip_norm is None else float(clip_norm),
                                      np.inf if clip_value is None else float(clip_value), losses)
         except numba.core.errors.NumbaError as e:
             raise GraphcompError(f"Numba could not compile the training epoch of this model: {str(e).splitlines()[0]}; "
                                  "use gc.Trainer(..., compiled=False)") from e
-        return losses[:done], done, {p: v.reshape(np.shape(params[p])) for p, v in prev.items()}
+        if not done:
+            return losses[:0], 0, None
+        good = {p: prev[p].reshape(np.shape(params[p])) if p in prev else np.array(params[p]) for p in params}
+        return losses[:done], done, (good, before, step0 + done - 1)

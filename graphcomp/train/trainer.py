@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import math
 import time
-from dataclasses import dataclass, field
+import weakref
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 
+from . import checkpoint
 from .epoch import Epoch
+from .grids import Grids, grids
 from ..errors import Diverged, GraphcompError, NotFinite, is_count
 from ..kernel import Kernel, compile
 from ..grad.methods import check_cuttable
@@ -61,6 +64,11 @@ class Sequences:
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+    @property
+    def key(self) -> np.ndarray:
+        """The order that puts sequences of similar length together."""
+        return self.lengths
 
     def batch(self, index: np.ndarray) -> tuple[dict, np.ndarray]:
         lengths = self.lengths[index]
@@ -119,6 +127,17 @@ def sequences(data, lengths=None, batch_first: bool = False) -> Sequences:
     raise GraphcompError(f"data must be a dict of padded arrays or a list of sequences, got {type(data).__name__}")
 
 
+def examples(step, data, lengths=None, batch_first: bool = False) -> Sequences | Grids:
+    """Training data for the model ``step`` in the forms ``Trainer.fit`` takes: sequences, or
+    images over a grid model's axes."""
+    if not step.grid:
+        return sequences(data, lengths, batch_first)
+    if batch_first:
+        raise GraphcompError(f"batch_first is for sequences; grid data is index-major "
+                             f"({', '.join(str(a).upper() for a in step.axes)}, N, ...): drop batch_first")
+    return grids(data, lengths, step.axes)
+
+
 def _time_batch(arrays: dict, batch_first: bool) -> tuple[int, int]:
     shapes = {n: a.shape[:2] for n, a in arrays.items()}
     if any(len(s) < 2 for s in shapes.values()) or len(set(shapes.values())) > 1:
@@ -131,9 +150,15 @@ def _time_batch(arrays: dict, batch_first: bool) -> tuple[int, int]:
 
 def model_hash(kernel: Kernel) -> str:
     """A model's identity for checkpoints: a hash of its step IR and parameter shapes."""
-    step = kernel.program
-    text = step.pretty() + repr(sorted(step.params.items()))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    found = _HASHES.get(kernel)
+    if found is None:
+        step = kernel.program
+        text = step.pretty() + repr(sorted(step.params.items()))
+        found = _HASHES[kernel] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return found
+
+
+_HASHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # kernel -> model_hash, computed once
 
 
 class Trainer:
@@ -181,11 +206,15 @@ class Trainer:
             if tbptt[1] < tbptt[0]:
                 raise GraphcompError(f"tbptt=(k1, k2) backpropagates each update's k1 steps through the last k2, "
                                      f"so k2 must be at least k1; got k1={tbptt[0]}, k2={tbptt[1]}")
+            if step.grid:
+                raise GraphcompError("tbptt cuts sequences into windows of steps; a grid model trains on whole "
+                                     "images: drop tbptt")
             check_cuttable(step, "tbptt", "train it without tbptt")
         if compiled not in (True, False, "auto"):
             raise GraphcompError(f"compiled must be True, False or 'auto', got {compiled!r}")
-        if compiled is True and (tbptt is not None or self.kernel.backend != "numba"):
-            why = "tbptt runs in Python" if tbptt is not None else f"the {self.kernel.backend!r} backend has none"
+        if compiled is True and (tbptt is not None or self.kernel.backend != "numba" or step.grid):
+            why = "tbptt runs in Python" if tbptt is not None else \
+                "the compiled epoch runs sequences, not grids" if step.grid else f"the {self.kernel.backend!r} backend has none"
             raise GraphcompError(f"compiled=True cannot be: {why}; use compiled='auto' or False")
         self.tbptt, self.progress, self.callback, self.compiled = tbptt, progress, callback, compiled
         self._epoch: Epoch | None = None
@@ -195,6 +224,7 @@ class Trainer:
         self.initial: dict | None = None         # learned initial states (fit(learn_initial=..., shooting=...))
         self.window_initial: dict | None = None  # under shooting, every window's
         self.encoder: dict | None = None         # the encoder's parameters (fit(encoder=...))
+        self._good: tuple | None = None  # (params, state, steps) before the last update: kept on divergence
         self._cluster = None   # data-parallel on a Dask cluster (gc.scale.parallel)
         if client is not None or average_every is not None:
             from ..scale.parallel import DataParallel
@@ -213,14 +243,18 @@ class Trainer:
     def fit(self, params: dict | None, data, epochs: int = 1, batch_size: int = 32, *, lengths=None,
             validation=None, patience: int | None = None, seed: int = 0, batch_first: bool = False,
             learn_initial: bool = False, shooting: int | None = None, continuity=1.0, encoder=None,
-            initial: dict | None = None) -> History:
+            initial: dict | None = None, checkpoint=None, every: int | None = None,
+            resume: bool = False) -> History:
         """Train for ``epochs`` passes over ``data`` in shuffled minibatches of ``batch_size``
         sequences of similar length. ``params=None`` continues from the trainer's parameters
         and optimizer state (after ``fit`` or ``load``). ``validation`` (data in the same forms)
         is evaluated after each epoch; with ``patience`` training stops when it has not
         improved for that many epochs and the best parameters are kept. ``batch_first=True``:
         padded arrays (of ``data`` and ``validation``) are ``(N, T, ...)``. The trained
-        parameters are in ``trainer.params``.
+        parameters are in ``trainer.params``. A grid model trains on images: a dict of padded
+        index-major arrays ``(I, J, N, ...)`` with ``lengths=(heights, widths)``, or a list of
+        examples, each a dict of arrays ``(I_n, J_n, ...)``; minibatches hold images of similar
+        size, and the loss is the mean per image.
 
         Initial states (see ``gc.least_squares``): ``learn_initial=True`` learns each sequence's
         (``initial`` the starting guess); ``shooting=k`` trains on windows of k steps, each with
@@ -228,110 +262,189 @@ class Trainer:
         weight) times ‖gap‖² between a window's initial state and the end of the one before;
         ``encoder=m`` estimates them from the m steps before each window. They come back in
         ``trainer.initial``, ``trainer.window_initial`` and ``trainer.encoder``; these epochs run
-        in Python, and validation sequences start from zero states (or the encoder's)."""
+        in Python, and validation sequences start from zero states (or the encoder's).
+        ``checkpoint=path`` saves the fit there every ``every`` updates (None: after every
+        epoch; under tbptt, at the end of the minibatch the update falls in) and at its end.
+        ``resume=True`` continues the fit saved there, if there is one, else starts it: a fit
+        killed at any moment and resumed ends with the same parameters, to the last bit, as
+        one never interrupted (same arguments, same seed)."""
         if learn_initial or shooting is not None or encoder is not None:
             if self._cluster is not None:
                 raise GraphcompError("learned initial states train in one process: make the Trainer without client=")
+            if self.kernel.program.grid:
+                raise GraphcompError("learn_initial, shooting and encoder are for sequences; a grid model's reads "
+                                     "outside an image see zeros or initial={state: (B, n)}: drop them")
+            if checkpoint is not None:
+                raise GraphcompError("checkpoints cover fits of the parameters alone; with learn_initial, shooting or "
+                                     "encoder, save the trainer after fit instead")
             from ..fit.train import fit_windows
             return fit_windows(self, params, data, epochs, batch_size, lengths=lengths, validation=validation,
                                patience=patience, seed=seed, batch_first=batch_first, learn_initial=learn_initial,
                                shooting=shooting, continuity=continuity, encoder=encoder, initial=initial)
-        if params is None:
-            if self._params is None:
-                raise GraphcompError("no parameters to continue from: pass params, or load a checkpoint first")
-        else:
-            names = list(self.kernel.program.params)
-            missing, unknown = [p for p in names if p not in params], [p for p in params if p not in names]
-            if missing or unknown:
-                raise GraphcompError(f"params must hold the model's parameters {names}: "
-                                     + (f"missing {missing}" if missing else f"unknown {unknown}"))
-            self._params = {p: np.array(v, np.float64) for p, v in params.items()}
-            self.state, self.steps = None, 0
-        if self.state is None:
-            self.state = self.optimizer.init({p: self._params[p] for p in self.train})
-        data = sequences(data, lengths, batch_first)
+        if checkpoint is None and (every is not None or resume):
+            raise GraphcompError("every and resume are about checkpoints: pass checkpoint='run.npz' too")
+        if every is not None and not is_count(every):
+            raise GraphcompError(f"every must be a positive number of updates, got {every!r}")
+        if checkpoint is not None and not Path(checkpoint).parent.is_dir():
+            raise GraphcompError(f"checkpoint={str(checkpoint)!r}: there is no folder {Path(checkpoint).parent} to "
+                                 "write it in; create it first")
+        saved = self._saved_fit(checkpoint) if resume else None
+        if params is None and self._params is None and saved is None:
+            raise GraphcompError("no parameters to continue from: pass params, or load a checkpoint first")
+        start = None if params is None else self._start(params)
+        data = self._data(data, lengths, batch_first)
         if self._cluster is not None:   # the workers' shards of the data, sent once per fit
             self._cluster.place(data)
-        val = None if validation is None else sequences(validation, batch_first=batch_first)
+        val = None if validation is None else self._data(validation, None, batch_first)
         if patience is not None and val is None:
             raise GraphcompError("patience stops on the validation loss: pass validation=... too")
         if not is_count(batch_size):
             raise GraphcompError(f"batch_size must be a positive integer, got {batch_size!r}")
-        history, best = History(), (np.inf, None)
-        rng = np.random.default_rng(seed)
+        plan = None if checkpoint is None else self._plan(start, data, val, batch_size, seed, patience)
+        run = _Run(History(), np.random.default_rng(seed))
+        if saved is not None:
+            run = self._resume(checkpoint, saved, plan, run.rng)
+        elif start is not None:
+            self._params, self.state, self.steps, self._good = start, None, 0, None
+        if self.state is None:
+            self.state = self.optimizer.init({p: self._params[p] for p in self.train})
+        history, rng = run.history, run.rng
         batches_per_epoch = -(-len(data) // batch_size)
         runner = self._compiled_epoch(epochs * batches_per_epoch)
         arrays = None if runner is None else runner.data(self._params, data)
         bar = _bar(epochs * batches_per_epoch, self.progress)
+        if bar is not None:
+            bar.update(min(run.epoch, epochs) * batches_per_epoch + run.batch)
         try:
-            for epoch in range(epochs):
-                start, total, seen = time.perf_counter(), 0.0, 0
-                batches = _minibatches(data.lengths, batch_size, rng)
-                if runner is not None:   # all of them in compiled code, but one that fails
-                    losses, done, prev = runner.run(self._params, self.state, arrays, data.lengths, batches,
-                                                    self.steps, self.clip_norm, self.clip_value)
-                    self.steps += done
-                    if done:
-                        self._last_good = prev
-                    total = float(np.dot(losses, [len(b) for b in batches[:done]]))
-                    seen = sum(len(b) for b in batches[:done])
-                    if bar is not None:
-                        bar.update(done)
-                    batches = batches[done:]   # the Python loop reports a failure in its terms
-                if self._cluster is not None and self._cluster.every:   # local SGD: rounds on the workers
-                    total, seen, batches = self._cluster.local_epoch(self, batches, epoch, bar), len(data), []
-                for index in batches:
-                    batch = data.batch(index) if self._cluster is None else ({}, data.lengths[index])   # on the workers
-                    total += self._update(*batch, epoch, index) * len(index)
-                    seen += len(index)
-                    if bar is not None:   # the epoch's mean loss per sequence so far
-                        bar.update(1)
-                        bar.set_postfix(epoch=epoch + 1, loss=f"{total / seen:.4g}", refresh=False)
-                history.loss.append(total / len(data))
+            for epoch in range(run.epoch, 0 if history.stopped else epochs):
+                clock = time.perf_counter()
+                if epoch != run.epoch or run.begin is None:   # else resumed within it
+                    run.start(epoch, rng)
+                batches = _minibatches(data.key, batch_size, rng)
+                self._run_epoch(epoch, batches, data, run, runner, arrays, (checkpoint, every, plan), bar)
+                history.loss.append(run.total / len(data))
                 history.lr.append(self.optimizer.rate(max(self.steps - 1, 0)))
-                history.seconds.append(time.perf_counter() - start)
+                history.seconds.append(time.perf_counter() - clock)
                 if val is not None:
-                    history.val_loss.append(self.evaluate(val))
+                    history.val_loss.append(self._validate(val, epoch, run))
                     if bar is not None:
                         bar.set_postfix(epoch=epoch + 1, loss=f"{history.loss[-1]:.4g}",
                                         val=f"{history.val_loss[-1]:.4g}")
-                    if history.val_loss[-1] < best[0]:
-                        best = (history.val_loss[-1], _copy(self._params), epoch)
-                    elif patience is not None and epoch - best[2] >= patience:
-                        self._params = best[1]
+                    if history.val_loss[-1] < run.best_loss:
+                        run.best_loss, run.best, run.best_epoch = history.val_loss[-1], _copy(self._params), epoch
+                    elif patience is not None and epoch - run.best_epoch >= patience:
+                        self._params = run.best
                         history.stopped = (f"validation loss did not improve for {patience} epochs; "
-                                           f"kept the parameters of epoch {best[2] + 1}")
-                        break
-                if self.callback is not None and self.callback(epoch, history):
+                                           f"kept the parameters of epoch {run.best_epoch + 1}")
+                if not history.stopped and self.callback is not None and self.callback(epoch, history):
                     history.stopped = f"the callback stopped training after epoch {epoch + 1}"
+                if history.stopped:
                     break
+                if checkpoint is not None and every is None and epoch + 1 < epochs:
+                    run.start(epoch + 1, rng)
+                    self._save(checkpoint, run, plan)
         finally:
             if bar is not None:
                 bar.close()
+        if checkpoint is not None:
+            run.start(len(history.loss), rng)
+            self._save(checkpoint, run, plan)
         return history
+
+    def _run_epoch(self, epoch: int, batches: list, data: "Sequences | Grids", run: "_Run", runner, arrays, keep: tuple,
+                   bar) -> None:
+        """Train on the epoch's minibatches from ``run.batch`` on, adding to ``run``'s totals;
+        ``keep = (checkpoint, every, plan)`` saves the fit every ``every`` updates. The compiled
+        epoch runs up to the next checkpoint; a minibatch it cannot finish runs in Python, which
+        reports the failure in its terms."""
+        path, every, plan = keep
+        saved = self.steps
+        while run.batch < len(batches):
+            todo, losses, ran = batches[run.batch:], [], 0
+            if runner is not None:
+                todo = todo[:every - self.steps % every] if every else todo
+                losses, ran, good = runner.run(self._params, self.state, arrays, data.lengths, todo, self.steps,
+                                               self.clip_norm, self.clip_value)
+                self.steps, self._good = self.steps + ran, good or self._good
+            if not ran and self._cluster is not None and self._cluster.every:   # local SGD: a round on the workers
+                todo = todo[:self._cluster.every]
+                losses, ran = self._cluster.local_round(self, todo, epoch), len(todo)
+            elif not ran and self._cluster is not None:   # the minibatch's data is on the workers
+                losses, ran = [self._update({}, data.lengths[todo[0]], epoch, todo[0])], 1
+            elif not ran:
+                losses, ran = [self._update(*data.batch(todo[0]), epoch)], 1
+            for loss, index in zip(losses, todo[:ran]):
+                run.total, run.seen = run.total + loss * len(index), run.seen + len(index)
+            run.batch += ran
+            if bar is not None:   # the epoch's mean loss per sequence so far
+                bar.update(ran)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{run.total / run.seen:.4g}", refresh=False)
+            if every and self.steps // every > saved // every:
+                self._save(path, run, plan)
+                saved = self.steps
+
+    def _start(self, params: dict) -> dict:
+        """The parameters a fit starts from, as float64 copies, every one of the model's named."""
+        names = list(self.kernel.program.params)
+        if not isinstance(params, Mapping):
+            raise GraphcompError(f"params must be a dict name -> array, got {type(params).__name__}")
+        missing, unknown = [p for p in names if p not in params], [p for p in params if p not in names]
+        if missing or unknown:
+            raise GraphcompError(f"params must hold the model's parameters {names}: "
+                                 + (f"missing {missing}" if missing else f"unknown {unknown}"))
+        try:
+            return {p: np.array(v, np.float64) for p, v in params.items()}
+        except (TypeError, ValueError) as e:
+            raise GraphcompError(f"params must hold real numbers or arrays of them: {e}") from None
+
+    def _plan(self, start, data: Sequences, val, batch_size: int, seed: int, patience) -> dict:
+        """What makes a fit the fit it is: resumed with other data, settings or starting
+        parameters it would be another one (the number of epochs may grow)."""
+        return {"start": None if start is None else _digest(start), "data": _digest(data.arrays, data.lengths),
+                "validation": None if val is None else _digest(val.arrays, val.lengths), "batch_size": batch_size,
+                "seed": seed, "patience": patience, "train": self.train, "clip_norm": self.clip_norm,
+                "clip_value": self.clip_value, "tbptt": None if self.tbptt is None else list(self.tbptt)}
+
+    def _validate(self, val: Sequences, epoch: int, run) -> float:
+        try:
+            return self.evaluate(val)
+        except NotFinite as e:
+            kept = "after that epoch"
+            if run.best is not None:
+                self._params, kept = run.best, f"of epoch {run.best_epoch + 1}, the best on the validation data"
+            raise Diverged(f"training diverged in epoch {epoch + 1} on the validation data: {e}. trainer.params "
+                           f"holds the parameters {kept}; lower the learning rate or set clip_norm") from None
 
     def _compiled_epoch(self, updates: int):
         """The compiled epoch, if this fit uses one (built once per trainer)."""
-        use = self.compiled is True or (self.compiled == "auto" and self.tbptt is None and self._cluster is None and
-                                        self.kernel.backend == "numba" and updates >= COMPILED_EPOCH_UPDATES)
+        use = self.compiled is True or (self.compiled == "auto" and self.tbptt is None and not self.kernel.program.grid
+                                        and self._cluster is None and self.kernel.backend == "numba"
+                                        and updates >= COMPILED_EPOCH_UPDATES)
         if use and (self._epoch is None or self._epoch.train != self.train):
             self._epoch = Epoch(self.kernel, self.optimizer, self.train)
         return self._epoch if use else None
 
     def evaluate(self, data, params: dict | None = None, batch_size: int = 256, *, lengths=None,
                  batch_first: bool = False) -> float:
-        """The mean loss per sequence over ``data`` (in the forms ``fit`` takes)."""
-        data, params = sequences(data, lengths, batch_first), self._params if params is None else params
+        """The mean loss per sequence (or image) over ``data`` (in the forms ``fit`` takes)."""
+        data, params = self._data(data, lengths, batch_first), self._params if params is None else params
         total = 0.0
-        for index in np.array_split(np.argsort(data.lengths), -(-len(data) // batch_size)):
+        for index in np.array_split(np.argsort(data.key), -(-len(data) // batch_size)):
             inputs, lengths = data.batch(index)
             loss, _ = self.kernel.loss_and_grad(params, inputs, lengths=lengths)
             total += float(loss) * len(index)
         return total / len(data)
 
-    def _update(self, inputs: dict, lengths: np.ndarray, epoch: int, index: np.ndarray | None = None) -> float:
-        """One minibatch (the sequences ``index``): loss and gradient (by windows under tbptt),
+    def _data(self, data, lengths, batch_first: bool) -> Sequences | Grids:
+        return examples(self.kernel.program, data, lengths, batch_first)
+
+    def _update(self, inputs: dict, lengths, epoch: int, index: np.ndarray | None = None) -> float:
+        """One minibatch (the examples ``index``): loss and gradient (by windows under tbptt),
         clipping, an update per gradient. Returns the minibatch's mean loss per sequence."""
+        if self.kernel.program.grid:   # whole images: one gradient, one update
+            loss, grads = self._loss_and_grad(inputs, lengths, None, epoch, index)
+            self._update_params({p: np.array(grads[p], np.float64) for p in self.train}, epoch)
+            return loss
         T, B = int(lengths.max()), len(lengths)
         k1, k2 = self.tbptt or (T, T)
         loss, state, start = 0.0, None, 0   # state: every delayed signal's history at step `start`
@@ -353,16 +466,31 @@ class Trainer:
             grads = {p: np.array(grads[p], np.float64) for p in self.train}   # 0-d arrays stay arrays
             for g in grads.values():
                 g *= share
-            clip(grads, self.clip_norm, self.clip_value)
             nxt = max(min(hi + k1, T) - k2, 0)   # where the next window starts
             if hi < T and nxt > start:   # its state, under the parameters this window ran with
                 head = {n: a[:nxt - start] for n, a in window.items()}
-                state = self._carry(head, np.minimum(steps, nxt - start), initial, state, live, B)
+                try:
+                    state = self._carry(head, np.minimum(steps, nxt - start), initial, state, live, B)
+                except NotFinite as e:
+                    self._diverged(epoch, str(e))
                 start = nxt
-            self._last_good = _copy(self._params)
-            self.optimizer.update(self._params, grads, self.state, self.steps)
-            self.steps += 1
+            self._update_params(grads, epoch)
         return loss
+
+    def _update_params(self, grads: dict, epoch: int) -> None:
+        """Clip a gradient (float64 arrays, changed in place) and update the parameters with it,
+        keeping what the update changes (``_good``) and checking what it made."""
+        norm = clip(grads, self.clip_norm, self.clip_value)
+        if self.clip_norm is not None and not np.isfinite(norm):
+            self._diverged(epoch, "the gradient's norm overflows (its entries are too large to square); "
+                           "scale the loss or the data down, or set clip_value")
+        self._good = ({p: v.copy() if p in grads else v for p, v in self._params.items()},
+                      _copy_state(self.state), self.steps)   # what the update changes, copied
+        self.optimizer.update(self._params, grads, self.state, self.steps)
+        bad = _not_finite({p: self._params[p] for p in grads}, self.state)
+        if bad:
+            self._diverged(epoch, f"the next update made {bad} although its loss and gradient were finite")
+        self.steps += 1
 
     def _loss_and_grad(self, inputs, lengths, initial, epoch, index=None):
         try:
@@ -371,11 +499,18 @@ class Trainer:
             else:
                 loss, grads = self.kernel.loss_and_grad(self._params, inputs, lengths=lengths, initial=initial)
         except NotFinite as e:
-            if self.steps == 0:
-                raise
-            self._params = self._last_good
-            raise Diverged.during(epoch, self.steps, e) from None
+            self._diverged(epoch, str(e))
         return float(loss), grads
+
+    def _diverged(self, epoch: int, why: str):
+        """Stop training: back to the last parameters whose loss was finite, with the optimizer
+        state and step count of their time (the parameters the fit started from: unchanged)."""
+        if self._good is None:
+            raise NotFinite(why)
+        steps = self.steps
+        params, state, self.steps = self._good
+        self._params, self.state = _copy(params), _copy_state(state)
+        raise Diverged.during(epoch, steps, why)
 
     def _carry(self, chunk, steps, initial, state, live, B) -> dict:
         """The history every delayed signal needs at the next chunk's first step: its last
@@ -399,48 +534,175 @@ class Trainer:
     # ------------------------------------------------------------ checkpoints
     def save(self, path) -> Path:
         """Write the parameters, the optimizer's state and configuration and the model's hash
-        to one ``.npz`` file, atomically (a crash leaves the previous file whole)."""
+        to one ``.npz`` file, with a checksum, atomically and durably: a crash or a power cut
+        leaves the previous file or the new one, whole."""
         if self._params is None:
             raise GraphcompError("nothing to save yet: fit the model first")
-        path = Path(path)
+        return self._save(path)
+
+    def _save(self, path, run: "_Run | None" = None, plan: dict | None = None) -> Path:
+        """The checkpoint; with a fit under way (``run``, ``plan``) all it needs to resume it."""
         meta = {"model": model_hash(self.kernel), "optimizer": self.optimizer.config(), "steps": self.steps,
-                "train": self.train}
-        arrays = {f"param/{p}": v for p, v in self._params.items()}
-        arrays.update({f"slot/{p}/{s}": a for p, slots in (self.state or {}).items() for s, a in slots.items()})
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
-        os.replace(tmp, path)
-        return path
+                "train": self.train, "good_steps": None if self._good is None else self._good[2], "fit": None}
+        arrays = _flat("", self._params, self.state)
+        if self._good is not None:
+            arrays.update(_flat("good/", *self._good[:2]))
+        if run is not None:
+            meta["fit"] = {"plan": plan, "epoch": run.epoch, "batch": run.batch, "begin": run.begin,
+                           "total": run.total, "seen": run.seen, "history": asdict(run.history),
+                           "best_loss": run.best_loss, "best_epoch": run.best_epoch}
+            arrays.update({f"best/{p}": v for p, v in (run.best or {}).items()})
+        return checkpoint.write(path, meta, arrays)
 
     def load(self, path) -> dict:
-        """Read a checkpoint written by ``save`` for this model; ``fit(None, ...)`` then
-        continues from it. Returns the parameters."""
-        try:
-            with np.load(path) as f:
-                meta = json.loads(str(f["meta"]))
-                arrays = {k: f[k] for k in f.files if k != "meta"}
-        except (OSError, KeyError, ValueError) as e:
-            raise GraphcompError(f"{path} is not a graphcomp checkpoint ({e})") from None
+        """Read a checkpoint written by ``save`` (or by ``fit(..., checkpoint=path)``) for this
+        model and optimizer; ``fit(None, ...)`` then continues from it. Returns the parameters.
+        A file that is damaged, cut short, of another model or optimizer, or of a newer
+        graphcomp is refused with a GraphcompError that says which."""
+        self._apply(*self._read(path))
+        return self.params
+
+    def _read(self, path) -> tuple[dict, dict]:
+        """A checkpoint's meta and arrays, checked against this trainer's model and optimizer."""
+        meta, arrays = checkpoint.read(path)
+        params = self.kernel.program.params
+        lacking = [k for k in ("model", "optimizer", "steps", "train", "good_steps", "fit") if k not in meta]
+        if lacking:
+            raise GraphcompError(f"{path} lacks {', '.join(map(repr, lacking))}: it was not written whole by "
+                                 "Trainer.save; use another checkpoint or start over")
         if meta["model"] != model_hash(self.kernel):
             raise GraphcompError(f"{path} was saved from a different model (hash {meta['model']}, this model's is "
                                  f"{model_hash(self.kernel)}): load it into the model it was trained with")
-        if meta["optimizer"]["name"] != type(self.optimizer).__name__:
-            raise GraphcompError(f"{path} holds the state of {meta['optimizer']['name']}, this trainer uses "
+        steps, train, optimizer = meta["steps"], meta["train"], meta["optimizer"]
+        if not (type(steps) is int and steps >= 0 and isinstance(train, list) and set(train) <= set(params)
+                and isinstance(optimizer, dict)):
+            raise GraphcompError(f"{path} holds steps={steps!r}, train={train!r} and optimizer={optimizer!r}, "
+                                 "which Trainer.save never writes: use another checkpoint or start over")
+        if optimizer.get("name") != type(self.optimizer).__name__:
+            raise GraphcompError(f"{path} holds the state of {optimizer.get('name')}, this trainer uses "
                                  f"{type(self.optimizer).__name__}: use the same optimizer to continue")
-        self._params = {k.split("/", 1)[1]: np.array(v, np.float64) for k, v in arrays.items() if k.startswith("param/")}
-        self.state = {}
-        for k, v in arrays.items():
-            if k.startswith("slot/"):
-                _, p, s = k.split("/")
-                self.state.setdefault(p, {})[s] = v
-        self.train, self.steps = meta["train"], meta["steps"]
-        return self.params
+        lacking = [f"param/{p}" for p in params if f"param/{p}" not in arrays]
+        lacking += [f"slot/{p}/{s}" for p in train for s in self.optimizer.slots if f"slot/{p}/{s}" not in arrays]
+        if lacking:
+            raise GraphcompError(f"{path} lacks {', '.join(map(repr, lacking))}: it was not written whole by "
+                                 "Trainer.save; use another checkpoint or start over")
+        for name, a in arrays.items():
+            p = _param_of(name)
+            if p not in params or a.dtype != np.float64 or a.size != int(np.prod(params[p])):
+                raise GraphcompError(f"{path} holds {name!r} as {a.dtype} of shape {a.shape}, which is no "
+                                     f"parameter of this model or not its shape: use another checkpoint")
+            if not np.isfinite(a).all():
+                raise GraphcompError(f"{path} holds a value that is not finite in {name!r}: use another checkpoint")
+        return meta, arrays
+
+    def _apply(self, meta: dict, arrays: dict) -> None:
+        """Take a checked checkpoint's parameters, optimizer state, step count and the state
+        before the last update."""
+        def part(prefix):
+            params = {k[len(prefix) + 6:]: np.array(v) for k, v in arrays.items() if k.startswith(prefix + "param/")}
+            state = {}
+            for k, v in arrays.items():
+                if k.startswith(prefix + "slot/"):
+                    _, p, slot = k[len(prefix):].split("/")
+                    state.setdefault(p, {})[slot] = np.array(v)
+            return params, state
+        self._params, self.state = part("")
+        self.train, self.steps = list(meta["train"]), meta["steps"]
+        self.state = {p: self.state.get(p, {}) for p in self.train}
+        good = part("good/")
+        self._good = None if meta["good_steps"] is None or not good[0] else (*good, meta["good_steps"])
+
+    def _saved_fit(self, path):
+        """The checked checkpoint of the fit saved at ``path``, or None if there is no file."""
+        if not Path(path).exists():
+            return None
+        meta, arrays = self._read(path)
+        if meta["fit"] is None:
+            raise GraphcompError(f"{path} holds parameters but no fit to resume (it was written by trainer.save): "
+                                 "load it with trainer.load(path) and continue with fit(None, ...), or pass "
+                                 "resume=False to start a new fit there")
+        return meta, arrays
+
+    def _resume(self, path, saved: tuple, plan: dict, rng) -> "_Run":
+        """Take the fit saved at ``path``, checked to be this one: parameters, optimizer state,
+        steps, the random generator, the history and the early-stopping state."""
+        meta, arrays = saved
+        fit = meta["fit"]
+        lacking = [k for k in ("plan", "epoch", "batch", "begin", "total", "seen", "history", "best_loss",
+                               "best_epoch") if k not in fit]
+        if lacking:
+            raise GraphcompError(f"{path} lacks {', '.join(map(repr, lacking))} of its fit: it was not written whole "
+                                 "by Trainer.fit; use another checkpoint or pass resume=False to start over")
+        now = json.loads(json.dumps(plan))
+        for key, value in now.items():
+            if fit["plan"].get(key) != value and not (key == "start" and value is None):
+                what = {"start": "other starting parameters", "data": "other data",
+                        "validation": "other validation data"}.get(key, f"{key}={fit['plan'].get(key)!r}, this one "
+                                                                         f"{key}={value!r}")
+                raise GraphcompError(f"{path} holds another fit ({what}): resume it with the arguments it was "
+                                     "started with, or pass resume=False to start a new fit there")
+        try:
+            rng.bit_generator.state = fit["begin"]
+            history = History(**fit["history"])
+        except (TypeError, ValueError, KeyError) as e:
+            raise GraphcompError(f"{path} holds a fit that cannot be resumed ({e}): use another checkpoint or "
+                                 "pass resume=False to start over") from None
+        self._apply(meta, arrays)
+        best = {k[5:]: np.array(v) for k, v in arrays.items() if k.startswith("best/")} or None
+        return _Run(history, rng, fit["epoch"], fit["batch"], fit["begin"], fit["total"], fit["seen"],
+                    fit["best_loss"], fit["best_epoch"], best)
+
+
+@dataclass
+class _Run:
+    """A fit under way: besides the parameters and the optimizer's state, what a checkpoint
+    holds to resume it exactly."""
+    history: History
+    rng: np.random.Generator
+    epoch: int = 0                  # the epoch under way
+    batch: int = 0                  # its minibatches done
+    begin: dict | None = None       # the generator's state when it began (it draws the minibatches' order)
+    total: float = 0.0              # its loss so far, summed per sequence
+    seen: int = 0                   # and the sequences it covers
+    best_loss: float = np.inf       # early stopping: the best validation loss, its epoch and parameters
+    best_epoch: int = -1
+    best: dict | None = None
+
+    def start(self, epoch: int, rng) -> None:
+        """At the start of ``epoch``: the generator's state, nothing done yet."""
+        self.epoch, self.begin, self.batch, self.total, self.seen = epoch, rng.bit_generator.state, 0, 0.0, 0
+
+
+def _flat(prefix: str, params: dict, state: dict | None) -> dict:
+    """Parameters and optimizer slots as a checkpoint's named arrays."""
+    out = {f"{prefix}param/{p}": np.asarray(v, np.float64) for p, v in params.items()}
+    out.update({f"{prefix}slot/{p}/{s}": a for p, slots in (state or {}).items() for s, a in slots.items()})
+    return out
+
+
+def _param_of(name: str) -> str:
+    """The parameter a checkpoint's array belongs to: param/W, slot/W/m, good/param/W, best/W."""
+    parts = name.split("/")
+    parts = parts[1:] if parts[0] == "good" else parts
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _digest(arrays: dict, lengths=None) -> str:
+    """A hash of named arrays (and lengths): their names, dtypes, shapes and bytes."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name} {a.dtype.str} {a.shape}".encode())
+        h.update(a.data if a.dtype != object else repr(a).encode())
+    if lengths is not None:
+        h.update(np.ascontiguousarray(lengths, np.int64).data)
+    return h.hexdigest()[:32]
 
 
 def _minibatches(lengths: np.ndarray, batch_size: int, rng) -> list:
-    """Shuffled minibatches of sequences of similar length: shuffle, sort windows of 8
-    minibatches by length, cut them, and shuffle the minibatches' order."""
+    """Shuffled minibatches of sequences of similar length (of images of similar size, by the
+    data's ``key``): shuffle, sort windows of 8 minibatches by length, cut them, and shuffle
+    the minibatches' order."""
     order = rng.permutation(len(lengths))
     window = 8 * batch_size
     batches = []
@@ -453,6 +715,27 @@ def _minibatches(lengths: np.ndarray, batch_size: int, rng) -> list:
 
 def _copy(params: dict) -> dict:
     return {p: np.array(v) for p, v in params.items()}
+
+
+def _copy_state(state: dict) -> dict:
+    return {p: _copy(slots) for p, slots in state.items()}
+
+
+def _not_finite(params: dict, state: dict) -> str:
+    """The first parameter or optimizer slot holding inf or NaN, in words ("" if none). Each
+    array's sum decides (a sum of finite values is finite unless it overflows); only then a
+    search."""
+    if all(math.isfinite(v.sum()) for v in params.values()) and \
+            all(math.isfinite(a.sum()) for slots in state.values() for a in slots.values()):
+        return ""
+    for p, v in params.items():
+        if not np.isfinite(v).all():
+            return f"parameter {p!r} {v[~np.isfinite(v)].flat[0]}"
+    for p, slots in state.items():
+        for s, v in slots.items():
+            if not np.isfinite(v).all():
+                return f"the optimizer's {s!r} of parameter {p!r} {v[~np.isfinite(v)].flat[0]}"
+    return ""
 
 
 def _bar(total: int, show: bool):

@@ -1,6 +1,7 @@
 """Diagrams as a textbook draws them, with graphviz: the circuit (one node per variable, a
-black square on every delayed edge), the unfolded graph (one column per time step), the
-computational graph of one step, and the unfolded graph with the backward flow overlaid."""
+black square on every delayed edge), the unfolded graph (one column per time step; over a
+grid, the cells laid out as the grid), the computational graph of one step, and the unfolded
+graph with the backward flow overlaid."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import sympy as sp
 from .. import ir
 from ..errors import GraphcompError, is_count
 from ..lang.step import LOSS_NAME, Step
+from ..layout import cells
 
 FONT = "Helvetica"
 MATH = "Times-Italic"
@@ -27,11 +29,12 @@ BACKWARD = "#c0392b"   # the colour of the adjoint flow and of anti-causal edges
 
 @dataclass(frozen=True)
 class Edge:
-    """In the circuit: ``dst`` reads ``src`` at ``t + offset``, through parameters ``params``."""
+    """In the circuit: ``dst`` reads ``src`` at ``t + offset`` (over a grid, at the point moved
+    by ``offset``, a tuple), through parameters ``params``."""
 
     src: str
     dst: str
-    offset: int
+    offset: int | tuple
     params: tuple
 
 
@@ -46,7 +49,7 @@ def circuit_edges(step: Step) -> list[Edge]:
         reach, carried = {}, {}
         for node in ir.toposort([root], stop=stops):
             if node in stops:
-                reach[node] = {(stops[node], 0)}
+                reach[node] = {(stops[node], step.here)}
             elif node.op == "read":
                 reach[node] = {node.attr}
             else:
@@ -57,7 +60,7 @@ def circuit_edges(step: Step) -> list[Edge]:
                     if a.op == "param":
                         for key in reach[node]:
                             carried.setdefault(key, []).append(a.attr)
-        for key in sorted(reach.get(root, set()), key=lambda k: (k[1] != 0, k)):
+        for key in sorted(reach.get(root, set()), key=lambda k: (k[1] != step.here, k)):
             params = tuple(dict.fromkeys(carried.get(key, [])))
             edges.append(Edge(key[0], dst, key[1], params))
     return edges
@@ -75,6 +78,23 @@ def _html(name: str) -> str:
 def _math(name: str, time: str | None = None) -> str:
     """An HTML label as a textbook writes a variable: h<sup>(t)</sup>."""
     return f"<{_html(name)}" + (f"<sup>({time})</sup>" if time is not None else "") + ">"
+
+
+def _ahead(offset) -> bool:
+    """A read ahead of the current step (along some axis, over a grid): drawn red."""
+    return any(k > 0 for k in offset) if isinstance(offset, tuple) else offset > 0
+
+
+def _delay_label(step: Step, offset) -> str:
+    """A delay square's mark: k for t-k, +k for t+k; over a grid the moved axes, i−1, j+1."""
+    if not isinstance(offset, tuple):
+        return f"+{offset}" if offset > 0 else f"{-offset}"
+    return ", ".join(f"{a}{'+' if k > 0 else '−'}{abs(k)}" for a, k in zip(step.axes, offset) if k)
+
+
+def _point(point) -> str:
+    """A time or grid point as a superscript: 3, or 1,2."""
+    return ",".join(map(str, point)) if isinstance(point, tuple) else str(point)
 
 
 def _params_label(params: tuple) -> str:
@@ -102,12 +122,14 @@ def _layers(step: Step, edges: list[Edge]) -> dict:
     reads at the same step, states that run backwards a row above the forward ones at their
     level, and targets read only by the loss above the loss."""
     names = list(step.signals) + list(step.outputs) + ([LOSS_NAME] if step.loss is not None else [])
-    below = [(e.src, e.dst) for e in edges if e.offset == 0]
+    below = [(e.src, e.dst) for e in edges if e.offset == step.here]
     level = {n: 0 if _kind(step, n) == "input" else 1 for n in names}
     for _ in range(2):
         for _ in names:
             for src, dst in below:
                 level[dst] = max(level[dst], level[src] + 1)
+        if step.grid:   # every sweep direction is drawn alike
+            break
         ahead = [n for n in names if n in step.signals and step.signals[n].role == "state"
                  and step.signals[n].direction > 0]
         below += [(f, b) for b in names if b in step.signals and step.signals[b].direction < 0
@@ -153,14 +175,16 @@ def circuit(step: Step) -> graphviz.Digraph:
         src, dst = f"v_{e.src}", f"v_{e.dst}"
         label = _params_label(e.params)
         up = level[e.dst] >= level[e.src]
-        if e.offset == 0:
+        if e.offset == step.here:
             _edge(g, src, dst, up, label=label)
             continue
-        future = e.offset > 0
+        future = _ahead(e.offset)
         sq = f"delay_{k}"
-        g.node(sq, f"{abs(e.offset)}" if not future else f"+{e.offset}", shape="square", style="filled",
+        mark = _delay_label(step, e.offset)   # over a grid the axes' names: a square that fits them
+        g.node(sq, mark, shape="square", style="filled",
                fillcolor=BACKWARD if future else "black", color=BACKWARD if future else "black",
-               fontcolor="white", fontname=FONT, fontsize="9", width="0.22", height="0.22", fixedsize="true")
+               fontcolor="white", fontname=FONT, fontsize="9", width="0.22", height="0.22",
+               fixedsize="false" if step.grid else "true", margin="0.02")
         style = dict(color=BACKWARD, style="dashed") if future else {}
         _edge(g, src, sq, up, arrowhead="none", **style)
         _edge(g, sq, dst, up, label=label, **style)
@@ -178,6 +202,8 @@ def columns(steps: int, max_columns: int) -> tuple[list, int | None]:
 
 
 def unfolded(step: Step, steps: int, max_columns: int = 6, backward: bool = False) -> graphviz.Digraph:
+    if step.grid:
+        return unfolded_grid(step, steps, max_columns, backward)
     if not is_count(steps):
         raise GraphcompError(f"steps must be a positive integer, got {steps!r}")
     if max_columns < 2:
@@ -250,6 +276,82 @@ def unfolded(step: Step, steps: int, max_columns: int = 6, backward: bool = Fals
     return g
 
 
+# ---------------------------------------------------------------- unfolded over a grid
+
+CELL = 0.9   # inches between the slots of a cell
+
+
+def _slots(step: Step, level: dict) -> dict:
+    """Where each variable sits in its cell, in slots (column right, row down): the states on
+    a diagonal, so that the rows and columns of edges between neighbouring cells pass no
+    other node; inputs below-left of them, outputs, the loss and its targets above-right."""
+    states = sorted((n for n in level if _kind(step, n) == "state"), key=lambda n: (level[n], list(level).index(n)))
+    first = min((level[n] for n in states), default=1)
+    slots = {n: (k, k) for k, n in enumerate(states)}
+    below = [n for n in level if n not in slots and level[n] < first]
+    above = sorted((n for n in level if n not in slots and level[n] >= first), key=level.get)
+    slots.update({n: (-1, len(states) + k) for k, n in enumerate(below)})
+    slots.update({n: (len(states) + k, -1 - k) for k, n in enumerate(above)})
+    return slots
+
+
+def unfolded_grid(step: Step, steps, max_columns: int = 6, backward: bool = False) -> graphviz.Digraph:
+    """The grid unfolded over ``steps`` = (I, J) cells, each cell where the grid has it (row i
+    down, column j right), a node per variable per cell, an edge per read between neighbours;
+    points outside the grid that are read (its initial values) dashed around it."""
+    axes = ", ".join(map(str, step.axes))
+    if len(step.axes) != 2:
+        raise GraphcompError(f"draw('unfolded') lays out grids of two axes; this model's are ({axes}): "
+                             "inspect model.unfold(extents) instead")
+    if not (isinstance(steps, tuple) and len(steps) == 2 and all(map(is_count, steps))):
+        raise GraphcompError(f"a grid over ({axes}) is drawn over a tuple of 2 positive extents, like steps=(3, 3); "
+                             f"got {steps!r}")
+    if max(steps) > max_columns:
+        raise GraphcompError(f"steps={steps}: a grid is drawn whole, at most max_columns={max_columns} cells along "
+                             "each axis; draw a smaller grid or raise max_columns")
+    edges = circuit_edges(step)
+    level = _layers(step, edges)
+    slots = _slots(step, level)
+    inside = lambda p: all(1 <= k <= n for k, n in zip(p, steps))
+    nodes, links = {}, {}
+    for point in cells(steps, (1, 1)):
+        for e in edges:
+            src, dst = (e.src, tuple(k + o for k, o in zip(point, e.offset))), (e.dst, point)
+            nodes[dst] = "shown"
+            nodes.setdefault(src, "shown" if inside(src[1]) else "initial")
+            links.setdefault((src, dst), e)
+        for name in level:   # variables nobody reads still get their node
+            if _kind(step, name) != "input":
+                nodes.setdefault((name, point), "shown")
+    columns = max(c for c, _ in slots.values()) + 3   # a cell's width in slots, a gap included
+    rows = max(r for _, r in slots.values()) - min(r for _, r in slots.values()) + 2
+
+    def nid(key):
+        name, (a, b) = key
+        return f"n_{name}_{a}_{b}".replace("-", "m")
+
+    g = graphviz.Digraph("gradient" if backward else "unfolded", engine="neato")
+    g.attr(fontname=FONT, splines="false", overlap="true", outputorder="edgesfirst")   # straight edges, nodes pinned
+    g.attr("node", fontname=MATH, fontsize="14", width="0.55", height="0.55", fixedsize="false")
+    g.attr("edge", fontname=MATH, fontsize="12", arrowsize="0.7", color="#333333")
+    note = f"{steps[0]} x {steps[1]} cells: row {step.axes[0]} down, column {step.axes[1]} right"
+    if backward:
+        note += "; red dashed: the backward (adjoint) flow of the gradient"
+    g.attr(label=note, labelloc="b", fontsize="11")
+    for key, what in nodes.items():
+        name, (a, b) = key
+        col, row = slots[name]
+        x, y = (b * columns + col) * CELL, -(a * rows + row) * CELL
+        style = STYLE["initial"] if what == "initial" else STYLE[_kind(step, name)]
+        g.node(nid(key), _math(name, _point(key[1])), pos=f"{x:g},{y:g}!", **style)
+    for (src, dst), e in links.items():
+        style = dict(color=BACKWARD, style="dashed") if _ahead(e.offset) else {}
+        g.edge(nid(src), nid(dst), label=_params_label(e.params), **style)
+        if backward and nodes[src] != "initial" and _kind(step, src[0]) != "input":
+            g.edge(nid(dst), nid(src), color=BACKWARD, style="dashed", arrowsize="0.6")
+    return g
+
+
 # ---------------------------------------------------------------- one step
 
 def step_graph(step: Step) -> graphviz.Digraph:
@@ -266,7 +368,7 @@ def step_graph(step: Step) -> graphviz.Digraph:
             ids[node] = f"root_{node.attr[0]}"   # h(t) read at the same step: the state's node
         elif node.op == "read":
             name, off = node.attr
-            time = "t" if off == 0 else f"t{off:+d}"
+            time = _when(step, off)
             kind = step.signals[name].role if name in step.signals else "state"
             g.node(ids[node], _math(name, time), **STYLE[kind])
         elif node.op == "param":
@@ -281,9 +383,16 @@ def step_graph(step: Step) -> graphviz.Digraph:
                 g.edge(ids[a], ids[node])
     for name, node in roots.items():
         kind = "loss" if name == LOSS_NAME and name not in step.signals else _kind(step, name)
-        g.node(f"root_{name}", _math(name, "t"), **STYLE[kind])
+        g.node(f"root_{name}", _math(name, _when(step, step.here)), **STYLE[kind])
         g.edge(ids[node], f"root_{name}")
     return g
+
+
+def _when(step: Step, offset) -> str:
+    """A read's time as written: t, t-1; over a grid i-1, j."""
+    if step.grid:
+        return ", ".join(f"{a}{k:+d}" if k else str(a) for a, k in zip(step.axes, offset))
+    return "t" if offset == 0 else f"t{offset:+d}"
 
 
 def _op_label(node: ir.Node) -> str:
@@ -299,4 +408,6 @@ def draw(step: Step, kind: str = "circuit", steps: int | None = None, max_column
         return circuit(step)
     if kind == "step":
         return step_graph(step)
-    return unfolded(step, 3 if steps is None else steps, max_columns, backward=kind == "gradient")
+    if steps is None:
+        steps = (3,) * len(step.axes) if step.grid else 3
+    return unfolded(step, steps, max_columns, backward=kind == "gradient")

@@ -25,8 +25,8 @@ class TextbookPrinter(LatexPrinter):
         return super()._print_Symbol(sp.Symbol(name))
 
     def _print_Function(self, e, exp=None):
-        if isinstance(e, AppliedUndef) and len(e.args) == 1:
-            s = signal_latex(e.func.__name__, self._print(e.args[0]))
+        if isinstance(e, AppliedUndef):   # a scalar signal at a time, or at a grid point
+            s = signal_latex(e.func.__name__, ", ".join(self._print(a) for a in e.args))
             return s if exp is None else rf"\left({s}\right)^{{{exp}}}"
         return super()._print_Function(e, exp)
 

@@ -5,13 +5,9 @@ workspace and timelines from the calling thread's own, and the loops release the
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import linecache
-import os
-import sys
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import numba
 import numpy as np
@@ -22,34 +18,9 @@ from ...plan.kernels import Plans
 from ...plan.nodes import Kernel as Plan
 from ...plan.region import Unsupported
 from ...lang.step import Step
+from .cache import load
 from .emit import HEAD, Driver, loops_module, work_size
 from .runtime import header, runtime_name, runtime_source
-
-
-def cache_dir() -> Path:
-    """Where generated modules and Numba's compiled code live: one folder per Numba version."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "graphcomp" / f"numba-{numba.__version__}"
-
-
-def load(text: str, name: str | None = None):
-    """Import generated source as a module from the cache folder (written once, atomically).
-    Its name is ``name``, or one derived from a hash of the text."""
-    name = name or f"graphcomp_loops_{hashlib.sha256(text.encode()).hexdigest()[:20]}"
-    if name in sys.modules:
-        return sys.modules[name]
-    folder = cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.py"
-    if not path.exists() or path.read_text() != text:
-        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sys.modules[name] = module
-    return module
 
 
 def _lead(batch: Batch) -> tuple:
