@@ -12,7 +12,7 @@
 Each part checks its results first: many fits equal the serial fits exactly, data-parallel
 parameters equal the single-process ones to 1e-12. Times are medians of interleaved rounds.
 
-    python benchmarks/bench_dask.py             # everything (about 6 minutes)
+    python benchmarks/bench_dask.py             # everything (about 3 minutes)
     python benchmarks/bench_dask.py --quick     # fewer fits and rounds, the small size only
     OPENBLAS_NUM_THREADS=1 python benchmarks/bench_dask.py   # a loaded machine
 
