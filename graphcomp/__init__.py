@@ -18,6 +18,7 @@ from .train import optim
 from .grad import rtrl
 from .train.trainer import History, Trainer
 from .train.trees import Trees, trees
+from . import scale
 
 __version__ = "0.1.0"
 
@@ -25,4 +26,4 @@ __all__ = ["t", "signal", "param", "Recurrence", "compile", "export", "Kernel", 
            "sigmoid", "relu", "exp", "log", "elementwise", "hadamard", "concat", "mse",
            "cross_entropy", "ones", "child", "over_children", "models", "optim", "rtrl", "Trainer", "History", "Trees", "trees",
            "generate", "simulate", "predict", "metrics", "plot_forecast", "least_squares", "minimize", "Fit",
-           "Minimum", "Encoder"]
+           "Minimum", "Encoder", "scale"]

@@ -69,6 +69,16 @@ def test_state_space_recovers_parameters_and_impulse_responses(tmp_path):
     assert figure.stat().st_size > 10_000
 
 
+def test_restarts_on_a_local_cluster_find_the_true_frequency():
+    result = run("restarts", workers=2)
+    fitted, losses = result["fitted"], result["val_loss"]
+    assert len(fitted) == 16 and result["best"] == fitted[int(np.argmin(losses))]
+    assert result["best"]["omega"] == pytest.approx(2.0, rel=1e-3)
+    assert result["best"]["gain"] == pytest.approx(1.5, rel=0.01)
+    stuck = [f for f in fitted if abs(f["omega"] - 2.0) > 0.1]   # one guess alone rarely finds it
+    assert len(stuck) >= 8 and min(losses) < 0.01 * np.median(losses)
+
+
 def test_digits_2d_learns_the_digits():
     result = run("digits_2d")
     assert result["logistic"] > 0.95                  # the baseline on the same split

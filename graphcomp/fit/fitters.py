@@ -154,8 +154,8 @@ def least_squares(kernel: Kernel, params: dict, data, lengths=None, *, residuals
                              f"({problem.n}); use method='trf'")
     x = _start(problem, lb, ub)
     if not np.isfinite(res(x)).all():
-        raise GraphcompError("the model diverges or the residuals are not finite at the starting parameters; "
-                             "start from parameters where kernel.forward runs")
+        raise NotFinite("the model diverges or the residuals are not finite at the starting parameters; "
+                        "start from parameters where kernel.forward runs")
     options.setdefault("x_scale", "jac")
     for weight in _weights(problem, continuity):
         res.weight = max(weight, 1e-300)
@@ -259,8 +259,8 @@ def minimize(kernel: Kernel, params: dict, data, lengths=None, *, learn_initial:
         return f, grad
 
     if not np.isfinite(fun(x)[0]):
-        raise GraphcompError("the model diverges or its loss is not finite at the starting parameters; "
-                             "start from parameters where kernel.forward runs")
+        raise NotFinite("the model diverges or its loss is not finite at the starting parameters; "
+                        "start from parameters where kernel.forward runs")
     has_bounds = np.isfinite(lb).any() or np.isfinite(ub).any()
     for weight in _weights(problem, continuity):
         report = scipy.optimize.minimize(fun, x, jac=True, method=method,

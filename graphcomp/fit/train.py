@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from ..errors import GraphcompError, NotFinite, is_count
+from ..errors import Diverged, GraphcompError, NotFinite, is_count
 from ..train.optim import clip
 from ..train.trainer import History, _bar, _minibatches, sequences
 from .jacobian import objective
@@ -60,8 +60,8 @@ def fit_windows(trainer, params: dict | None, data, epochs: int, batch_size: int
                 try:
                     f, g, gX0 = objective(problem, trainer._params, X0, np.sort(index), weight, len(index) * N / W)
                 except NotFinite as e:
-                    raise GraphcompError(f"training diverged in epoch {epoch + 1} after {trainer.steps} updates: {e}; "
-                                         "lower the learning rate or set clip_norm") from None
+                    raise Diverged(f"training diverged in epoch {epoch + 1} after {trainer.steps} updates: {e}; "
+                                   "lower the learning rate or set clip_norm") from None
                 grads = {p: np.array(g[p], np.float64) for p in trainer.train}
                 if problem.encoder:
                     for n, d in problem.encoder.jacobian(enc, problem.z).items():

@@ -9,7 +9,7 @@ import time
 import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 
@@ -17,11 +17,14 @@ from . import checkpoint
 from .epoch import Epoch
 from .grids import Grids, grids
 from .trees import Trees, trees
-from ..errors import GraphcompError, NotFinite, is_count
+from ..errors import Diverged, GraphcompError, NotFinite, is_count
 from ..kernel import Kernel, compile
 from ..grad.methods import check_cuttable
 from ..check import warn_if_batch_major
 from .optim import Adam, Optimizer, clip
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 COMPILED_EPOCH_UPDATES = 5000   # compiled="auto": from this many updates in one fit, compile the epoch
 
@@ -125,6 +128,18 @@ def sequences(data, lengths=None, batch_first: bool = False) -> Sequences:
     raise GraphcompError(f"data must be a dict of padded arrays or a list of sequences, got {type(data).__name__}")
 
 
+def examples(step, data, lengths=None, batch_first: bool = False) -> Sequences | Grids | Trees:
+    """Training data for the model ``step`` in the forms ``Trainer.fit`` takes: sequences,
+    images over a grid model's axes, or trees."""
+    if not (step.grid or step.tree):
+        return sequences(data, lengths, batch_first)
+    if batch_first:
+        layout = f"({', '.join(str(a).upper() for a in step.axes)}, N, ...)" if step.grid else "(N, B, ...)"
+        raise GraphcompError(f"batch_first is for sequences; {'grid' if step.grid else 'tree'} data is "
+                             f"{'index' if step.grid else 'node'}-major {layout}: drop batch_first")
+    return grids(data, lengths, step.axes) if step.grid else trees(data, lengths)
+
+
 def _time_batch(arrays: dict, batch_first: bool) -> tuple[int, int]:
     shapes = {n: a.shape[:2] for n, a in arrays.items()}
     if any(len(s) < 2 for s in shapes.values()) or len(set(shapes.values())) > 1:
@@ -162,12 +177,17 @@ class Trainer:
     (no Python work per minibatch: the win for small models, after a compile of a few
     seconds, cached on disk); ``"auto"`` does so when a fit makes at least
     ``COMPILED_EPOCH_UPDATES`` updates; tbptt runs in Python. ``dtype`` compiles a model given
-    as equations ("float32" or "float64"); ``trainer.params`` come back in the kernel's dtype."""
+    as equations ("float32" or "float64"); ``trainer.params`` come back in the kernel's dtype.
+
+    ``client`` (a ``dask.distributed.Client``) trains data-parallel on that cluster: the workers
+    hold shards of the data and compute their part of every minibatch's loss and gradient, the
+    same updates as one process (to rounding); ``average_every=k`` instead trains a copy on
+    every worker and averages the parameters every k updates (local SGD). See ``gc.scale``."""
 
     def __init__(self, model, optimizer: Optimizer | None = None, *, clip_norm: float | None = None,
                  clip_value: float | None = None, train: list | None = None, tbptt: int | tuple | None = None,
                  dtype: str = "float64", progress: bool = True, callback: Callable | None = None,
-                 compiled: bool | str = "auto"):
+                 compiled: bool | str = "auto", client: "Client | None" = None, average_every: int | None = None):
         self.kernel = model if isinstance(model, Kernel) else compile(model, dtype=dtype)
         step = self.kernel.program
         if step.loss is None:
@@ -208,6 +228,10 @@ class Trainer:
         self.window_initial: dict | None = None  # under shooting, every window's
         self.encoder: dict | None = None         # the encoder's parameters (fit(encoder=...))
         self._good: tuple | None = None  # (params, state, steps) before the last update: kept on divergence
+        self._cluster = None   # data-parallel on a Dask cluster (gc.scale.parallel)
+        if client is not None or average_every is not None:
+            from ..scale.parallel import DataParallel
+            self._cluster = DataParallel(client, self, average_every)
 
     @property
     def params(self) -> dict | None:
@@ -251,6 +275,8 @@ class Trainer:
         killed at any moment and resumed ends with the same parameters, to the last bit, as
         one never interrupted (same arguments, same seed)."""
         if learn_initial or shooting is not None or encoder is not None:
+            if self._cluster is not None:
+                raise GraphcompError("learned initial states train in one process: make the Trainer without client=")
             if self.kernel.program.grid or self.kernel.program.tree:
                 raise GraphcompError("learn_initial, shooting and encoder are for sequences; a grid or tree model's "
                                      "reads outside an image or tree see zeros or initial={state: (B, n)}: drop them")
@@ -273,6 +299,8 @@ class Trainer:
             raise GraphcompError("no parameters to continue from: pass params, or load a checkpoint first")
         start = None if params is None else self._start(params)
         data = self._data(data, lengths, batch_first)
+        if self._cluster is not None:   # the workers' shards of the data, sent once per fit
+            self._cluster.place(data)
         val = None if validation is None else self._data(validation, None, batch_first)
         if patience is not None and val is None:
             raise GraphcompError("patience stops on the validation loss: pass validation=... too")
@@ -344,7 +372,12 @@ class Trainer:
                 losses, ran, good = runner.run(self._params, self.state, arrays, data.lengths, todo, self.steps,
                                                self.clip_norm, self.clip_value)
                 self.steps, self._good = self.steps + ran, good or self._good
-            if not ran:
+            if not ran and self._cluster is not None and self._cluster.every:   # local SGD: a round on the workers
+                todo = todo[:self._cluster.every]
+                losses, ran = self._cluster.local_round(self, todo, epoch), len(todo)
+            elif not ran and self._cluster is not None:   # the minibatch's data is on the workers
+                losses, ran = [self._update({}, data.lengths[todo[0]], epoch, todo[0])], 1
+            elif not ran:
                 losses, ran = [self._update(*data.batch(todo[0]), epoch)], 1
             for loss, index in zip(losses, todo[:ran]):
                 run.total, run.seen = run.total + loss * len(index), run.seen + len(index)
@@ -385,14 +418,15 @@ class Trainer:
             kept = "after that epoch"
             if run.best is not None:
                 self._params, kept = run.best, f"of epoch {run.best_epoch + 1}, the best on the validation data"
-            raise GraphcompError(f"training diverged in epoch {epoch + 1} on the validation data: {e}. trainer.params "
-                                 f"holds the parameters {kept}; lower the learning rate or set clip_norm") from None
+            raise Diverged(f"training diverged in epoch {epoch + 1} on the validation data: {e}. trainer.params "
+                           f"holds the parameters {kept}; lower the learning rate or set clip_norm") from None
 
     def _compiled_epoch(self, updates: int):
         """The compiled epoch, if this fit uses one (built once per trainer)."""
         step = self.kernel.program
         use = self.compiled is True or (self.compiled == "auto" and self.tbptt is None and not (step.grid or step.tree)
-                                        and self.kernel.backend == "numba" and updates >= COMPILED_EPOCH_UPDATES)
+                                        and self._cluster is None and self.kernel.backend == "numba"
+                                        and updates >= COMPILED_EPOCH_UPDATES)
         if use and (self._epoch is None or self._epoch.train != self.train):
             self._epoch = Epoch(self.kernel, self.optimizer, self.train)
         return self._epoch if use else None
@@ -409,22 +443,13 @@ class Trainer:
         return total / len(data)
 
     def _data(self, data, lengths, batch_first: bool) -> Sequences | Grids | Trees:
-        """Training data in the forms ``fit`` takes: sequences, images over a grid model's axes,
-        or trees."""
-        step = self.kernel.program
-        if not (step.grid or step.tree):
-            return sequences(data, lengths, batch_first)
-        if batch_first:
-            layout = f"({', '.join(str(a).upper() for a in step.axes)}, N, ...)" if step.grid else "(N, B, ...)"
-            raise GraphcompError(f"batch_first is for sequences; {'grid' if step.grid else 'tree'} data is "
-                                 f"{'index' if step.grid else 'node'}-major {layout}: drop batch_first")
-        return grids(data, lengths, step.axes) if step.grid else trees(data, lengths)
+        return examples(self.kernel.program, data, lengths, batch_first)
 
-    def _update(self, inputs: dict, lengths, epoch: int) -> float:
-        """One minibatch: loss and gradient (by windows under tbptt), clipping, an update per
-        gradient. Returns the minibatch's mean loss per sequence."""
+    def _update(self, inputs: dict, lengths, epoch: int, index: np.ndarray | None = None) -> float:
+        """One minibatch (the examples ``index``): loss and gradient (by windows under tbptt),
+        clipping, an update per gradient. Returns the minibatch's mean loss per sequence."""
         if self.kernel.program.grid or self.kernel.program.tree:   # whole images or trees: one update
-            loss, grads = self._loss_and_grad(inputs, lengths, None, epoch)
+            loss, grads = self._loss_and_grad(inputs, lengths, None, epoch, index)
             self._update_params({p: np.array(grads[p], np.float64) for p in self.train}, epoch)
             return loss
         T, B = int(lengths.max()), len(lengths)
@@ -437,7 +462,7 @@ class Trainer:
             window = {n: a[start:hi][:, rows] for n, a in inputs.items()}
             steps = np.minimum(lengths[live], hi) - start
             initial = None if state is None else {n: a[:, live] for n, a in state.items()}
-            part, grads = self._loss_and_grad(window, steps, initial, epoch)
+            part, grads = self._loss_and_grad(window, steps, initial, epoch, index)
             if lo > start:   # the window's first steps only carry the state: take their losses out
                 head = {n: a[:lo - start] for n, a in window.items()}
                 before, g = self._loss_and_grad(head, np.minimum(steps, lo - start), initial, epoch)
@@ -474,10 +499,13 @@ class Trainer:
             self._diverged(epoch, f"the next update made {bad} although its loss and gradient were finite")
         self.steps += 1
 
-    def _loss_and_grad(self, inputs, lengths, initial, epoch):
+    def _loss_and_grad(self, inputs, lengths, initial, epoch, index=None):
         try:
-            loss, grads = self.kernel.loss_and_grad(self._params, inputs, initial=initial,
-                                                    **_shape(self.kernel.program, lengths))
+            if self._cluster is not None:   # the workers' parts of the minibatch, combined
+                loss, grads = self._cluster.loss_and_grad(self._params, index)
+            else:
+                loss, grads = self.kernel.loss_and_grad(self._params, inputs, initial=initial,
+                                                        **_shape(self.kernel.program, lengths))
         except NotFinite as e:
             self._diverged(epoch, str(e))
         return float(loss), grads
@@ -490,9 +518,7 @@ class Trainer:
         steps = self.steps
         params, state, self.steps = self._good
         self._params, self.state = _copy(params), _copy_state(state)
-        raise GraphcompError(f"training diverged in epoch {epoch + 1} after {steps} updates: {why}. "
-                             "trainer.params holds the last parameters whose loss was finite; lower the "
-                             "learning rate or set clip_norm")
+        raise Diverged.during(epoch, steps, why)
 
     def _carry(self, chunk, steps, initial, state, live, B) -> dict:
         """The history every delayed signal needs at the next chunk's first step: its last
