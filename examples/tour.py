@@ -29,7 +29,7 @@ for eq in model.equations():
 
 section("2. The backward (BPTT) recurrence graphcomp derived")
 for eq in model.gradient_equations():
-    print("  ", eq.lhs, "=", eq.rhs)
+    print("  ", eq)
 
 section("3. Unfolded over 4 steps: an ordinary DAG, parameters shared")
 g = model.unfold(4)

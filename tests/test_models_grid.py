@@ -139,9 +139,9 @@ def test_names_and_directions():
     assert "enc_b_hn_br" in gru.params and gru.step.params["enc_V"] == (O, 2 * H)   # the readout reads both
     assert models.mdrnn(D, H, O, loss=None).step.loss is None
     eqs = [str(e) for e in models.mdrnn(D, H, O, directions=2).equations()]
-    assert eqs[0] == "Eq(h_tl(i, j), Lambda(_z, tanh(_z)).(U_tl*x(i, j) + Wi_tl*h_tl(i - 1, j) + Wj_tl*h_tl(i, j - 1) + b_tl))"
+    assert eqs[0] == "h_tl(i, j) = tanh(U_tl*x(i, j) + Wi_tl*h_tl(i - 1, j) + Wj_tl*h_tl(i, j - 1) + b_tl)"
     assert "h_br(i + 1, j)" in eqs[1] and "h_br(i, j + 1)" in eqs[1]
-    assert eqs[2] == "Eq(o(i, j), V*Matrix([\n[h_tl(i, j)],\n[h_br(i, j)]]) + b_V)"
+    assert eqs[2] == "o(i, j) = V*[h_tl(i, j); h_br(i, j)] + b_V"
     sweeps = {s: models.mdrnn(D, H, O, directions=4).step.signals[s].direction for s in ("h_tl", "h_tr", "h_bl", "h_br")}
     assert sweeps == {"h_tl": (1, 1), "h_tr": (1, -1), "h_bl": (-1, 1), "h_br": (-1, -1)}
 

@@ -836,8 +836,9 @@ def elementwise_sympy(expr: sp.Expr, args: list) -> sp.Basic:
             return sp.Mul(*scalars) * m if scalars else m
         if isinstance(e, sp.Pow) and not isinstance(parts[1], sp.MatrixExpr):
             return sp.HadamardPower(parts[0], parts[1])
-        if len(parts) == 1:
-            return ElementwiseApplyFunction(sp.Lambda(X(0), e.func(X(0))), parts[0])
+        if len(mats) == 1 and (len(parts) == 1 or isinstance(e, sp.Function)):   # tanh(a), Heaviside(a, 0)
+            return ElementwiseApplyFunction(sp.Lambda(X(0), e.func(*(X(0) if p is mats[0] else p for p in parts))),
+                                            mats[0])
         raise GraphcompError(f"no matrix form for the elementwise expression {e}")
 
     return conv(expr)

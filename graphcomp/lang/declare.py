@@ -360,6 +360,44 @@ class Child(sp.Symbol):
 HAS_CHILD = "has_child"   # the input a tree kernel fills: 1 where a node's child k exists, else 0
 
 
+class Parent(sp.Function):
+    """p(v): the parent of node v, as the gradient equations of a tree write it."""
+
+    nargs = 1
+
+    def _sympystr(self, printer) -> str:
+        return f"p({printer._print(self.args[0])})"
+
+    def _latex(self, printer, exp=None) -> str:
+        return f"p({printer._print(self.args[0])})"
+
+
+class ChildOf(sp.Function):
+    """c_k(v): the k-th child of node v (``ChildOf(k, Parent(t))`` is a sibling of t, or t)."""
+
+    nargs = 2
+
+    def _sympystr(self, printer) -> str:
+        return f"c{self.args[0]}({printer._print(self.args[1])})"
+
+    def _latex(self, printer, exp=None) -> str:
+        return f"c_{{{self.args[0]}}}({printer._print(self.args[1])})"
+
+
+class IsChild(sp.Function):
+    """[c_k(p(v)) = v]: 1 where node v is its parent's k-th child, else 0."""
+
+    nargs = 2
+
+    def _sympystr(self, printer) -> str:
+        k, v = self.args
+        return f"[c{k}(p({printer._print(v)})) = {printer._print(v)}]"
+
+    def _latex(self, printer, exp=None) -> str:
+        k, v = self.args[0], printer._print(self.args[1])
+        return rf"\mathbb{{1}}\left[c_{{{k}}}(p({v})) = {v}\right]"
+
+
 def child(k: int) -> Child:
     """The k-th child of a tree node (k = 0, 1, ...): a recurrence over trees reads its
     children's states as ``h(gc.child(k))`` and the node's own values at ``t``. A node with
@@ -493,6 +531,7 @@ class MeanSquaredError(sp.Expr):
     """mse(pred, target): the mean over components of the squared error (a scalar)."""
 
     is_commutative = True
+    precedence = 60   # printed (1/n) ||d||²: a power's base takes brackets (sympy's scale)
 
     def _sympystr(self, printer):
         return f"mse({printer._print(self.args[0])}, {printer._print(self.args[1])})"
@@ -500,19 +539,21 @@ class MeanSquaredError(sp.Expr):
     def _latex(self, printer):
         n = self.args[0].shape[0] * self.args[0].shape[1]
         d = printer._print(sp.MatAdd(self.args[0], -self.args[1]))
-        return rf"\frac{{1}}{{{n}}}\left\lVert {d} \right\rVert^{{2}}"
+        norm = rf"\left\lVert {d} \right\rVert^{{2}}"
+        return norm if n == 1 else rf"\frac{{1}}{{{n}}}{norm}"
 
 
 class CrossEntropy(sp.Expr):
     """cross_entropy(logits, onehot) = -sum(onehot ⊙ log softmax(logits)) (a scalar)."""
 
     is_commutative = True
+    precedence = 40   # printed with a leading minus: a factor takes brackets, like a sum
 
     def _sympystr(self, printer):
         return f"cross_entropy({printer._print(self.args[0])}, {printer._print(self.args[1])})"
 
     def _latex(self, printer):
-        z, y = (printer._print(a) for a in self.args)
+        z, y = printer._print(self.args[0]), printer.parenthesize(self.args[1], 1000, strict=True)
         return rf"-{{{y}}}^{{\top}} \log \operatorname{{softmax}}\left({z}\right)"
 
 

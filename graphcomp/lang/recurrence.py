@@ -11,8 +11,9 @@ import sympy as sp
 from .. import ir
 from ..errors import GraphcompError
 from ..ir.autodiff import LOSS, adjoint
-from .declare import Child, SignalRef, t
+from .declare import Child, ChildOf, IsChild, Parent, SignalRef, t
 from .step import LOSS_NAME, build
+from ..views.latex import Equation
 from ..views.unfold import unfold
 
 
@@ -60,29 +61,30 @@ class Recurrence:
         return list(self._outputs)
 
     def __repr__(self) -> str:
-        lines = [f"  {eq.lhs} = {eq.rhs}" for eq in self.equations()]
+        lines = [f"  {eq}" for eq in self.equations()]
         return "Recurrence(\n" + "\n".join(lines) + "\n)"
 
     # ------------------------------------------------------------ equations
     def equations(self) -> list[sp.Eq]:
-        """The forward step as written: the updates, then outputs, then the loss L(t)."""
+        """The forward step as written: the updates, then outputs, then the loss L(t); each a
+        ``sympy.Eq`` whose ``str`` reads h(t) = tanh(W*h(t - 1) + ...)."""
         here = self._point(self.step.here)
-        eqs = [sp.Eq(self._keys[s], e, evaluate=False) for s, e in self._updates.items()]
+        eqs = [Equation(self._keys[s], e, evaluate=False) for s, e in self._updates.items()]
         for o, e in self._outputs.items():
-            eqs.append(sp.Eq(_signal_at(o, self.step.outputs[o].shape, here), e, evaluate=False))
+            eqs.append(Equation(_signal_at(o, self.step.outputs[o].shape, here), e, evaluate=False))
         if self._loss is not None:
-            eqs.append(sp.Eq(sp.Function(LOSS_NAME)(*_args(here)), self._loss, evaluate=False))
+            eqs.append(Equation(sp.Function(LOSS_NAME)(*_args(here)), self._loss, evaluate=False))
         return eqs
 
     def _point(self, offset, shift=None):
         """``t + offset`` (moved by ``shift``), or over a grid the point (i + offset_i, ...). In
         a tree, ``shift`` ("child", k) moves to the parent p(t) of a node that is its k-th child."""
         if isinstance(shift, tuple) and shift[0] == "child":
-            parent = sp.Function("p")(t)
+            parent = Parent(t)
             if offset == shift:
                 return t
             if isinstance(offset, tuple):
-                return sp.Function(f"c{offset[1]}")(parent)
+                return ChildOf(offset[1], parent)
             return parent + offset
         if isinstance(offset, tuple) and offset[0] == "child":
             return Child(offset[1])
@@ -121,14 +123,14 @@ class Recurrence:
                     if name != s:
                         continue
                     if isinstance(off, tuple) and off[0] == "child":   # sent by the parent, if t is its k-th child
-                        terms.append(sp.Function(f"is_child{off[1]}")(t) * self._sympy(node, off))
+                        terms.append(IsChild(off[1], t) * self._sympy(node, off))
                     else:
                         terms.append(self._sympy(node, tuple(-k for k in off) if step.grid else -off))
             rhs = _sum(terms, shape)
             if not shape:   # a ∇s(t+1) (a + b tanh'(...)) reads better than two terms
                 adjoints = [f for f in rhs.atoms(sp.Function) if str(getattr(f, "func", "")).startswith("∇")]
                 rhs = sp.collect(rhs, adjoints) if adjoints else rhs
-            eqs.append(sp.Eq(_signal_at(f"∇{s}", shape, self._point(step.here)), rhs, evaluate=False))
+            eqs.append(Equation(_signal_at(f"∇{s}", shape, self._point(step.here)), rhs, evaluate=False))
         if step.grid:   # Σ over every point of the grid, each axis up to its extent
             limits = [(a, 1, sp.Symbol(str(a).upper(), integer=True, positive=True)) for a in step.axes]
         else:
@@ -137,7 +139,7 @@ class Recurrence:
             terms = [self._sympy(adj.params[who][p], step.here) for who in [*self.states, LOSS]
                      if p in adj.params.get(who, {})]
             lhs = sp.MatrixSymbol(f"∇{p}", *shape) if shape else sp.Symbol(f"∇{p}")
-            eqs.append(sp.Eq(lhs, sp.Sum(_sum(terms, shape), *limits), evaluate=False))
+            eqs.append(Equation(lhs, sp.Sum(_sum(terms, shape), *limits), evaluate=False))
         return eqs
 
     def _sympy(self, node: ir.Node, shift):
