@@ -163,7 +163,7 @@ def test_names_equations_and_init():
     assert {"W0_f0", "W1_f0", "W0_f1", "W1_f1", "U_f", "b_f"} <= set(nary.params)   # forget gates share U_f, b_f
     assert "U_f0" not in nary.params and nary.step.children == 2
     assert str(models.tree_rnn(D, H, O).equations()[0]) == \
-        "Eq(h(t), Lambda(_z, tanh(_z)).(U*x(t) + W0*h(child0) + W1*h(child1) + b))"
+        "h(t) = tanh(U*x(t) + W0*h(child0) + W1*h(child1) + b)"
     p = models.init(models.tree_lstm(D, 4, O, kind="nary"), seed=0)
     for n, v in p.items():
         if n.startswith("W"):
