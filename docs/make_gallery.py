@@ -1,10 +1,12 @@
 """Regenerate docs/gallery.md and its diagrams: python docs/make_gallery.py
 
 Each model of the gallery (hand-written classics, then every architecture of gc.models, then
-the grid networks) is drawn as a circuit and unfolded over a few steps or cells (SVG, in
-docs/gallery/), and its equations and derived BPTT equations are written out in LaTeX."""
+the grid and tree networks) is drawn as a circuit and unfolded over a few steps or cells, or
+over one tree with its gradient (SVG, in docs/gallery/), and its equations and derived backward
+equations are written out in LaTeX."""
 from pathlib import Path
 
+import numpy as np
 import sympy as sp
 
 import graphcomp as gc
@@ -110,6 +112,20 @@ GRIDS = [   # the grid networks of gc.models, unfolded over a few cells
      "the candidate and its neighbours."),
 ]
 
+TREE = np.array([[0, 0], [0, 0], [1, 2], [0, 0], [3, 4]])   # root 5 reads nodes 3 and 4, node 3 the leaves 1, 2
+TREES = [   # the tree networks of gc.models, unfolded over TREE
+    ("tree_rnn", "gc.models.tree_rnn (a binary Tree-RNN)", lambda: M.tree_rnn(2, 3, 2),
+     "A node's state reads its first child's through W0 and its second's through W1. Unfolded, node 5 reads "
+     "nodes 3 and 4 and node 3 the leaves 1 and 2; in the gradient a node's cotangent gathers from its parent "
+     "(red, dashed) as well as from its own loss."),
+    ("tree_lstm_nary", "gc.models.tree_lstm, kind=\"nary\"", lambda: M.tree_lstm(2, 3, 2, kind="nary"),
+     "The N-ary Tree-LSTM (K = 2, as in examples/arithmetic_trees.py): each child slot has its own weights in "
+     "every gate (W0_i, W1_i, ...) and its own forget gate f0, f1 on its child's cell."),
+    ("tree_lstm_childsum", "gc.models.tree_lstm, kind=\"childsum\"", lambda: M.tree_lstm(2, 3, 2, kind="childsum"),
+     "The child-sum Tree-LSTM: the gates read the sum of the children's states through W_*, and each present "
+     "child gets its own forget gate from its own state."),
+]
+
 GALLERY = [
     ("scalar_map", "A damped nonlinear map", scalar_map,
      "The scalar map of a dynamical system driven by an input: one state, one delayed self-edge."),
@@ -124,7 +140,7 @@ GALLERY = [
      "A state that reads itself one and three steps back: two delay squares, marked 1 and 3."),
     ("bidirectional", "Bidirectional network", bidirectional,
      "f runs forward in time, g reads g(t+1) and runs backwards (red); the output combines both."),
-] + LIBRARY + GRIDS
+] + LIBRARY + GRIDS + TREES
 
 
 def main() -> None:
@@ -136,6 +152,7 @@ def main() -> None:
              "In a circuit, a black square marked k is a delay of k steps; a red square marked +k reads k "
              "steps ahead (the state runs backwards in time). Unfolded, each column is one time step and "
              "every step carries the same parameter labels: the parameters are shared.", ""]
+    drawn = 0
     for key, title, make, *steps, text in GALLERY:
         if key == LIBRARY[0][0]:
             lines += ["---", "", "The rest of the gallery is the model library, `gc.models` (guide, section 7), "
@@ -143,19 +160,28 @@ def main() -> None:
         if key == GRIDS[0][0]:
             lines += ["---", "", "Grid networks run over the rows i and columns j of an image (guide, section 9): "
                       "in a circuit, a square names the axis of each delay (i−1: the cell above).", ""]
+        if key == TREES[0][0]:
+            lines += ["---", "", "Tree networks run up a tree, a node's state from its children's (guide, section 10): "
+                      "in a circuit, a diamond marks each read at a child with its slot; unfolded, one tree is drawn "
+                      "as a tree, root at the top.", ""]
         model = make()
-        steps = steps[0] if steps else 4
-        for kind, at in (("circuit", None), ("unfolded", steps)):
-            graph = model.draw(kind, steps=at)
-            (OUT / f"{key}_{kind}.svg").write_bytes(graph.pipe(format="svg"))
-        over = f"{steps[0]} x {steps[1]} cells" if isinstance(steps, tuple) else f"{steps} steps"
-        lines += [f"## {title}", "", text, "",
-                  f"| circuit | unfolded over {over} |", "|---|---|",
-                  f"| ![{title} circuit](gallery/{key}_circuit.svg) | ![{title} unfolded](gallery/{key}_unfolded.svg) |",
+        if key.startswith("tree"):
+            views = {"circuit": {}, "unfolded": {"children": TREE}, "gradient": {"children": TREE}}
+            header, backward = "| circuit | one tree of 5 nodes, unfolded | its gradient |", "through structure"
+        else:
+            steps = steps[0] if steps else 4
+            views = {"circuit": {}, "unfolded": {"steps": steps}}
+            over = f"{steps[0]} x {steps[1]} cells" if isinstance(steps, tuple) else f"{steps} steps"
+            header, backward = f"| circuit | unfolded over {over} |", "BPTT"
+        for kind, options in views.items():
+            (OUT / f"{key}_{kind}.svg").write_bytes(model.draw(kind, **options).pipe(format="svg"))
+        drawn += len(views)
+        lines += [f"## {title}", "", text, "", header, "|---" * len(views) + "|",
+                  "| " + " | ".join(f"![{title} {kind}](gallery/{key}_{kind}.svg)" for kind in views) + " |",
                   "", "Equations:", "", "$$", model.latex(gradient=False), "$$", "",
-                  "Derived backward (BPTT) equations:", "", "$$", aligned(model.gradient_equations()), "$$", ""]
+                  f"Derived backward ({backward}) equations:", "", "$$", aligned(model.gradient_equations()), "$$", ""]
     (HERE / "gallery.md").write_text("\n".join(lines))
-    print(f"wrote {HERE / 'gallery.md'} and {len(GALLERY) * 2} diagrams in {OUT}")
+    print(f"wrote {HERE / 'gallery.md'} and {drawn} diagrams in {OUT}")
 
 
 if __name__ == "__main__":

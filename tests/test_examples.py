@@ -91,3 +91,4 @@ def test_arithmetic_trees_learns_to_evaluate_expressions():
     assert result["loss"][-1] < 0.3 * result["loss"][0]
     assert result["nodes"] > 0.7 and result["roots"] > 3 * result["untrained_roots"]
     assert result["deep_nodes"] > 0.6                 # deeper trees than any seen in training
+    assert result["lstm_roots"] > 3 * result["untrained_roots"]   # the LSTM on the same expressions as tokens
