@@ -146,11 +146,12 @@ def lstm(W4, U4, b4, V, d, X, Y, blas):
 
 @njit(cache=True)
 def scalar(a, b, c, X, Y):
-    """The scalar map s(t) = a s(t-1) + b tanh(s(t-1)) + c x(t), loss Σ (s - y)² / B."""
+    """The scalar map s(t) = a s(t-1) + b tanh(s(t-1)) + c x(t), loss Σ (s - y)² / B. The
+    sums run per row (vectorizable over rows) and are added up once at the end."""
     T, B = X.shape
     s = np.zeros((T + 1, B), X.dtype)
     ts = np.zeros((T, B), X.dtype)
-    loss = 0.0
+    acc = np.zeros((4, B), X.dtype)   # loss, and the gradients of a, b, c, per row
     for t in range(T):
         for r in range(B):
             th = _tanh(s[t, r])
@@ -158,18 +159,17 @@ def scalar(a, b, c, X, Y):
             v = a * s[t, r] + b * th + c * X[t, r]
             s[t + 1, r] = v
             e = v - Y[t, r]
-            loss += e * e
-    ga = gb = gc = 0.0
+            acc[0, r] += e * e
     carry = np.zeros(B, X.dtype)
     for t in range(T - 1, -1, -1):
         for r in range(B):
             dv = 2.0 * (s[t + 1, r] - Y[t, r]) / B + carry[r]
             th = ts[t, r]
-            ga += dv * s[t, r]
-            gb += dv * th
-            gc += dv * X[t, r]
+            acc[1, r] += dv * s[t, r]
+            acc[2, r] += dv * th
+            acc[3, r] += dv * X[t, r]
             carry[r] = dv * (a + b * (1.0 - th * th))
-    return loss / B, ga, gb, gc
+    return acc[0].sum() / B, acc[1].sum(), acc[2].sum(), acc[3].sum()
 
 
 def peer(kind: str, P: dict, X: np.ndarray, Y: np.ndarray):
