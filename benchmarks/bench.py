@@ -353,10 +353,10 @@ def compile_times() -> dict:
         return [float(v) for v in out.stdout.split()]
     with tempfile.TemporaryDirectory() as cache:
         empty = run(cache, 64)[1]
-        new_model = run(cache, 48)[1]
+        new_size = run(cache, 48)[1]   # the same model at another size: the loops are reused
         cached = run(cache, 64)[1]
         numba_start, cached_warm = run(cache, 64, "warm")
-    return {"empty cache": empty, "new model": new_model, "cached": cached, "cached, Numba started": cached_warm,
+    return {"empty cache": empty, "new hidden size": new_size, "cached": cached, "cached, Numba started": cached_warm,
             "Numba start-up": numba_start}
 
 

@@ -89,6 +89,7 @@ class Loops:
         self.lines: list = []
         self.depth = 1
         self.var = "t"
+        self.views: dict = {}   # Place -> the name of its rows' view, inside a loop over a time step's rows
 
     @property
     def grid(self) -> bool:
@@ -182,6 +183,9 @@ class Loops:
 
     def address(self, place: Place, comp) -> str:
         b = self.buffers[place.buffer]
+        view = self.views.get(Place(place.buffer, place.shift))
+        if view is not None:   # row r of the step's view of a scalar signal
+            return f"{view}[r]"
         parts = []
         if b.rows[0] != "fixed":
             parts.append(self.row_var(place))
@@ -191,12 +195,29 @@ class Loops:
             parts.append(str(comp))
         return f"{place.buffer}.flat[{' + '.join(parts) or '0'}]"
 
+    def row_views(self, places, span: str) -> None:
+        """Before a loop over one time step's B rows: a view of each scalar place's B rows,
+        so that the loop indexes ``view[r]``: measured 1.5× faster for the scalar map's B=256
+        backward sweep than flat offsets into the whole timeline. Vectors keep flat offsets:
+        (B, n) views made the LSTM's loops over components 1.7× slower."""
+        for place in dict.fromkeys(Place(p.buffer, p.shift) for p in places):
+            b = self.buffers[place.buffer]
+            if b.width is not None or b.rows[0] not in ("steps", "block", "ring") or \
+                    (span == "all" and b.rows[0] == "ring"):
+                continue
+            first = self.first_row(place, span)
+            if span == "all" and b.rows[0] == "steps":
+                first = "tt * B" if first == "0" else f"tt * B + {first}"
+            name = "row" + self.row_var(place)[1:]
+            self.line(f"{name} = {place.buffer}[{first}:{first} + B]" if first != "0" else f"{name} = {place.buffer}[:B]")
+            self.views[place] = name
+
     def row_defs(self, places, span: str) -> None:
         """The offset of each place's row r (times its width)."""
         rows = "tt * B + r" if span == "all" else None
         for place in dict.fromkeys(Place(p.buffer, p.shift) for p in places):
             b = self.buffers[place.buffer]
-            if b.rows[0] == "fixed":
+            if b.rows[0] == "fixed" or place in self.views:
                 continue
             if b.rows[0] == "nodes":   # a node's row, or its k-th child's
                 here = "start + r" if span == "block" else "r"
@@ -312,7 +333,10 @@ class Loops:
             self.line("for tt in range(T):")
             self.depth += 1
             opened = 1
+        if not self.grid:
+            self.row_views(places, s.span)
         self.indented("for r in range(B):", emit=body)
+        self.views = {}
         self.depth -= opened
 
     def visit_Components(self, s: Components) -> None:
