@@ -102,7 +102,7 @@ def test_equals_pytorch_recursing_node_by_node(case):
     network, spec, model, kernel = case
     C, lengths, data = forest(spec["K"])
     params = random_params(model)
-    inputs = {n: data[n] for n in model.inputs if n != "has_child"}
+    inputs = {n: data[n] for n in model.inputs}
     loss, grads = kernel.loss_and_grad(params, inputs, lengths, children=C)
     expected, expected_grads = torch_loss(network, spec["K"], spec["at"], spec["loss"], params, data, C, lengths)
     assert rel(loss, expected) < 1e-10
@@ -130,7 +130,7 @@ def test_variants_equal_pytorch_on_the_reference_backend(network, make, K, at, l
     model = make()
     C, lengths, data = forest(K, sizes=(6, 3, 1), seed=K)
     params = random_params(model, seed=1)
-    inputs = {n: data[n] for n in model.inputs if n != "has_child"}
+    inputs = {n: data[n] for n in model.inputs}
     got, grads = gc.compile(model, backend="reference").loss_and_grad(params, inputs, lengths, children=C)
     act = "relu" if network == "tree_rnn" else "tanh"
     expected, expected_grads = torch_loss(network, K, at, loss, params, data, C, lengths, act)
@@ -141,7 +141,7 @@ def test_gradient_equals_finite_differences(case):
     network, spec, model, kernel = case
     C, lengths, data = forest(spec["K"], seed=3)
     params = random_params(model, seed=2)
-    inputs = {n: data[n] for n in model.inputs if n != "has_child"}
+    inputs = {n: data[n] for n in model.inputs}
     _, grads = kernel.loss_and_grad(params, inputs, lengths, children=C)
     rng, eps = np.random.default_rng(4), 1e-6
     direction = {p: rng.normal(size=np.shape(v)) for p, v in params.items()}
@@ -157,7 +157,7 @@ def test_gradient_equals_finite_differences(case):
 def test_names_equations_and_init():
     assert models.tree_rnn(D, H, O, K=3).params == ["U", "W0", "W1", "W2", "b", "V", "b_V"]
     child_sum = models.tree_lstm(D, H, O, prefix="enc_", x="tok", o="logits", y="label", at="root", root="top")
-    assert child_sum.states == ["enc_c", "enc_h"] and set(child_sum.inputs) == {"tok", "label", "top", "has_child"}
+    assert child_sum.states == ["enc_c", "enc_h"] and set(child_sum.inputs) == {"tok", "label", "top"}
     assert {p for p in child_sum.params if p.startswith("enc_W")} == {"enc_W_i", "enc_W_o", "enc_W_u", "enc_W_f"}
     nary = models.tree_lstm(D, H, O, kind="nary", K=2)
     assert {"W0_f0", "W1_f0", "W0_f1", "W1_f1", "U_f", "b_f"} <= set(nary.params)   # forget gates share U_f, b_f

@@ -11,7 +11,7 @@ import sympy as sp
 from .. import ir
 from ..errors import GraphcompError
 from ..ir.autodiff import LOSS, adjoint
-from .declare import Child, ChildOf, IsChild, Parent, SignalRef, t
+from .declare import HAS_CHILD, Child, ChildOf, IsChild, Parent, SignalRef, t
 from .step import LOSS_NAME, build
 from ..views.latex import Equation
 from ..views.unfold import unfold
@@ -48,8 +48,9 @@ class Recurrence:
 
     @property
     def inputs(self) -> list[str]:
-        """Names of the signals that are read but never updated (targets included)."""
-        return self.step.inputs
+        """Names of the signals that are read but never updated (targets included): what a
+        call's ``inputs`` hold (a tree model's ``has_child``, which graphcomp fills in, left out)."""
+        return [n for n in self.step.inputs if n != HAS_CHILD]
 
     @property
     def params(self) -> list[str]:
