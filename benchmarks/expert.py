@@ -53,13 +53,7 @@ def elman(W, U, V, bias, d, X, Y, blas):
             for i in range(H):
                 hs[t + 1, b, i] = _tanh(acc[b, i])
     H2 = hs[1:].reshape(T * B, H)
-    err = H2 @ V.T + d - Y.reshape(T * B, O)
-    loss = 0.0
-    for r in range(T * B):
-        for o in range(O):
-            loss += err[r, o] * err[r, o]
-    err *= 2.0 / (O * B)   # in place: the cotangent keeps the arrays' dtype
-    dout = err
+    loss, dout = _readout(H2, V, d, Y.reshape(T * B, O), B)
     dh = (dout @ V).reshape(T, B, H)
     carry = np.zeros((B, H), X.dtype)
     for t in range(T - 1, -1, -1):
@@ -76,6 +70,20 @@ def elman(W, U, V, bias, d, X, Y, blas):
     gU = D2.T @ X2
     gV = dout.T @ H2
     return loss / (O * B), gW, gU, gV, _colsum(D2), _colsum(dout)
+
+
+@njit(cache=True)
+def _readout(H2, V, d, Y2, B):
+    """The squared error of the readout V h + d over every row (summed, mean over outputs,
+    not yet / B) and its cotangent."""
+    err = H2 @ V.T + d - Y2
+    O = V.shape[0]
+    loss = 0.0
+    for r in range(err.shape[0]):
+        for o in range(O):
+            loss += err[r, o] * err[r, o]
+    err *= 2.0 / (O * B)   # in place: the cotangent keeps the arrays' dtype
+    return loss, err
 
 
 @njit(cache=True)
@@ -112,13 +120,7 @@ def lstm(W4, U4, b4, V, d, X, Y, blas):
                 tc[t, b, k] = _tanh(c)
                 hs[t + 1, b, k] = o * tc[t, b, k]
     H2 = hs[1:].reshape(T * B, H)
-    err = H2 @ V.T + d - Y.reshape(T * B, O)
-    loss = 0.0
-    for r in range(T * B):
-        for o in range(O):
-            loss += err[r, o] * err[r, o]
-    err *= 2.0 / (O * B)
-    dout = err
+    loss, dout = _readout(H2, V, d, Y.reshape(T * B, O), B)
     dh_out = (dout @ V).reshape(T, B, H)
     dh = np.zeros((B, H), X.dtype)
     dc = np.zeros((B, H), X.dtype)

@@ -74,7 +74,8 @@ class Job:
         return job
 
     def run(self, kernel, data, validation) -> Result:
-        raise NotImplementedError
+        """The fit on a worker: each kind of job (Train, LeastSquares) says how it runs."""
+        raise NotImplementedError(f"{type(self).__name__} is not a kind of fit; use gc.scale.Train or LeastSquares")
 
 
 class Train(Job):
