@@ -4,6 +4,7 @@ function serves every size; a kernel shared by threads gives the serial results;
 kernels are cached on disk, exported standalone, and run one step at a time."""
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -202,6 +203,7 @@ def test_the_plan_prints_and_its_check_catches_what_no_back_end_could_run():
     p = plan(elman().model)
     text = pretty(p)
     assert text.splitlines()[0].startswith("kernel loss_and_grad(h, x, y;") and "steps backward" in text
+    assert "rows block guard=branch  # h(t)" in text and "# ∇h(t - 1) +=" in text   # each nest says what it stores
     check(p)
     rows = next(s for s in steps_of(p)[0].body if isinstance(s, Rows))
     broken = replace(p, body=(rows,))          # a block of rows outside a loop over steps
@@ -209,6 +211,15 @@ def test_the_plan_prints_and_its_check_catches_what_no_back_end_could_run():
         check(broken)
     with pytest.raises(gc.GraphcompError, match="no buffer 'h_'"):
         check(replace(p, buffers=tuple(b for b in p.buffers if b.name != "h_")))
+
+
+def test_the_runtime_compiles_once_per_array_type_not_per_constant_offset():
+    """An offset written as a bare 0 would make Numba compile each runtime function again for
+    the literal 0 (0.4-1 s each, with an empty cache)."""
+    calls = re.findall(r"\b(_mm|_mtm)\((.*)\)", gc.compile(elman().model).source)
+    assert len(calls) == 11   # forward's 3, loss_and_grad's 8
+    for fn, args in calls:
+        assert not any(re.fullmatch(r"-?\d+", a.strip()) for a in args.split(",")), (fn, args)
 
 
 def test_a_model_with_no_state_compiles():

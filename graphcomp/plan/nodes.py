@@ -261,7 +261,8 @@ def pretty(kernel: Kernel) -> str:
                 lines.append(f"{pad}steps {way}" + (f"  # {s.note}" if s.note else ""))
                 walk(s.body, depth + 1)
             elif isinstance(s, Rows):
-                lines.append(f"{pad}rows {s.span}" + (f" guard={s.guard}" if s.guard else ""))
+                note = computes(kernel, s)
+                lines.append(f"{pad}rows {s.span}" + (f" guard={s.guard}" if s.guard else "") + (f"  # {note}" if note else ""))
                 walk(s.body, depth + 1)
                 if s.otherwise:
                     lines.append(f"{pad}otherwise")
@@ -284,6 +285,28 @@ def pretty(kernel: Kernel) -> str:
                 lines.append(f"{pad}clear {_place(s.place)}")
     walk(kernel.body, 1)
     return "\n".join(lines)
+
+
+def _when(k) -> str:
+    if isinstance(k, int):
+        return "t" if k == 0 else f"t {'+' if k > 0 else '-'} {abs(k)}"
+    return "child" if k[:1] == ("child",) else ", ".join(f"i{d}" + (f"{k:+d}" if k else "") for d, k in enumerate(k))
+
+
+def computes(kernel: Kernel, rows: Rows) -> str:
+    """What a nest of loops stores, for people reading a plan or generated code: the signals,
+    cotangents and outputs it writes, the loss and the gradient sums it adds to."""
+    said: dict = {}
+    for s in walk((*rows.body,)):
+        if not isinstance(s, Store):
+            continue
+        b, when = kernel.buffer(s.place.buffer), _when(s.place.shift)
+        label = {"signal": f"{b.name[:-1]}({when})", "cot": f"∇{b.name[1:-1]}({when})",
+                 "out": f"output {b.name[4:]}({when})", "factor": "rows for the weight gradients",
+                 "acc": "the loss" if b.name == kernel.loss else "gradient sums"}.get(b.role)
+        if label:
+            said[label + (" +=" if s.op == "+=" and b.role == "cot" else "")] = None
+    return ", ".join(said)
 
 
 def walk(stmts):

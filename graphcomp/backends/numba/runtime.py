@@ -136,7 +136,8 @@ def _mtm(a, a0, b, b0, rows, out, coef, beta):
     if beta == 0.0 and coef == 1.0:
         np.dot(a[a0:a0 + rows].T, b[b0:b0 + rows], out)
         return
-    prod = np.dot(a[a0:a0 + rows].T, b[b0:b0 + rows])
+    prod = np.empty_like(out)   # the same np.dot as above: one specialization to compile, not two
+    np.dot(a[a0:a0 + rows].T, b[b0:b0 + rows], prod)
     for i in range(out.shape[0]):
         for j in range(out.shape[1]):
             out[i, j] = (beta * out[i, j] if beta != 0.0 else 0.0) + coef * prod[i, j]
