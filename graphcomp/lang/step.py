@@ -33,12 +33,12 @@ class SignalInfo:
     offsets: tuple       # every offset it is read at, sorted
     direction: int | tuple = 1   # +1 computed forward in time, -1 backwards (states only)
 
-    @property
+    @cached_property
     def array_shape(self) -> tuple:
         """Per-example NumPy shape: (), (n,) for a column vector, (r, c) for a matrix."""
         return self.shape[:1] if self.shape[1:] == (1,) else self.shape
 
-    @property
+    @cached_property
     def margins(self) -> tuple:
         """How many steps before t and after t it is read: the rows its timeline keeps before
         the first step and after the last. Over a grid: one such pair per axis."""
@@ -46,7 +46,7 @@ class SignalInfo:
             return tuple(_margins([o[k] for o in self.offsets]) for k in range(len(self.direction)))
         return _margins([o for o in self.offsets if isinstance(o, int)])   # a child read needs no margin
 
-    @property
+    @cached_property
     def history(self) -> int:
         """How many values before its boundary are read (the rows ``initial`` may give);
         over a grid, 1 if any value outside the grid is read (``initial`` gives one value)."""

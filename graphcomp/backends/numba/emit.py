@@ -498,7 +498,7 @@ class Driver:
         params = [f"q_{p}" for p in self.params]   # in their IR shapes
         seeds = [seed for seed, _, _ in k.seeds.values()]
         self.names = {ir.param(p, shape): f"q_{p}" for p, shape in self.params.items()}
-        self.lines = [f"q_{p} = np.reshape(q_{p}, {shape})" for p, shape in self.params.items() if shape]
+        self.lines = [f"q_{p} = q_{p}.reshape({shape})" for p, shape in self.params.items() if shape]
         if k.axes > 1:   # over a grid, T is the tuple of extents; the loops take it as an array
             self.lines.append("E = np.array(T, np.int64)")
         self.lines += ["R = T * B" if k.axes == 1 and not k.tree else "R = int(np.prod(T)) * B", "inv_B = dtype(1.0 / B)", f"n = np.array({self.sizes}, np.int64)" if self.sizes else "n = np.zeros(1, np.int64)"]
