@@ -287,20 +287,25 @@ def pretty(kernel: Kernel) -> str:
     return "\n".join(lines)
 
 
-def _when(k) -> str:
-    if isinstance(k, int):
-        return "t" if k == 0 else f"t {'+' if k > 0 else '-'} {abs(k)}"
-    return "child" if k[:1] == ("child",) else ", ".join(f"i{d}" + (f"{k:+d}" if k else "") for d, k in enumerate(k))
+def _when(shift, axes: int) -> str:
+    """A place's step for people: t - 1, a tree node's child, or a grid point (i0-1, i1)."""
+    if isinstance(shift, int) and axes > 1:
+        shift = (shift,) * axes
+    if isinstance(shift, int):
+        return "t" if shift == 0 else f"t {'+' if shift > 0 else '-'} {abs(shift)}"
+    if shift[:1] == ("child",):
+        return "child"
+    return ", ".join(f"i{axis}" + (f"{d:+d}" if d else "") for axis, d in enumerate(shift))
 
 
 def computes(kernel: Kernel, rows: Rows) -> str:
     """What a nest of loops stores, for people reading a plan or generated code: the signals,
     cotangents and outputs it writes, the loss and the gradient sums it adds to."""
     said: dict = {}
-    for s in walk((*rows.body,)):
+    for s in walk(rows.body):
         if not isinstance(s, Store):
             continue
-        b, when = kernel.buffer(s.place.buffer), _when(s.place.shift)
+        b, when = kernel.buffer(s.place.buffer), _when(s.place.shift, kernel.axes)
         label = {"signal": f"{b.name[:-1]}({when})", "cot": f"∇{b.name[1:-1]}({when})",
                  "out": f"output {b.name[4:]}({when})", "factor": "rows for the weight gradients",
                  "acc": "the loss" if b.name == kernel.loss else "gradient sums"}.get(b.role)
