@@ -9,6 +9,7 @@ from typing import Mapping
 
 import numpy as np
 
+from . import ir
 from .errors import GraphcompError
 from .lang.step import SignalInfo, Step
 
@@ -219,7 +220,7 @@ def _params(step: Step, params, dtype) -> dict:
     _names(params, "parameter", list(step.params), list(step.params), step)
     out = {}
     for name, shape in step.params.items():
-        want = shape[:1] if shape[1:] == (1,) else shape
+        want = ir.user_shape(shape)
         a = _array(params[name], f"parameter {name!r}", dtype)
         if a.shape != want and not (a.shape == shape and name in step.weights):
             raise GraphcompError(f"parameter {name!r} has shape {_fmt(a.shape)}, expected {_expected(step, name, a)}")

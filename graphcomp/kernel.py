@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import ir
 from .grad import methods
 from .check import Batch, batch_major, prepare, seeds as check_seeds, time_major
 from .errors import GraphcompError, NotFinite
@@ -81,7 +82,7 @@ class Kernel:
             result[s] = self._out(a, lead + info.array_shape)
         for o, a in outputs.items():
             shape = self.program.outputs[o].shape
-            result[o] = self._out(a, lead + (shape[:1] if shape[1:] == (1,) else shape))
+            result[o] = self._out(a, lead + ir.user_shape(shape))
         return batch_major(result) if batch_first else result
 
     def step(self, params: dict, state: dict | None = None, inputs: dict | None = None) -> tuple[dict, dict]:

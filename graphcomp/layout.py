@@ -11,12 +11,6 @@ from .check import Batch
 from .lang.step import Step
 
 
-def user_shape(shape: tuple) -> tuple:
-    """Per-example NumPy shape of an IR shape: () for a scalar, (n,) for a column vector (n, 1),
-    (r, c) for a matrix."""
-    return shape[:1] if shape[1:] == (1,) else shape
-
-
 def lengths32(lengths: np.ndarray) -> np.ndarray:
     """Sequence lengths as the compiled loops take them: int32 (8 lanes beside float32)."""
     return np.ascontiguousarray(lengths, dtype=np.int32)

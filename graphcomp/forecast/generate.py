@@ -137,7 +137,7 @@ def feed_loops(program, feed: dict | None, sample: str | None = None) -> list:
         return []
     if not isinstance(feed, dict):
         raise GraphcompError("feed must be a dict {input name: output name}, e.g. feed={'x': 'o'}")
-    produced = {o: (n.shape[:1] if n.shape[1:] == (1,) else n.shape) for o, n in program.outputs.items()}
+    produced = {o: ir.user_shape(n.shape) for o, n in program.outputs.items()}
     produced.update({s: program.signals[s].array_shape for s in program.states})
     reads, now = _reads(program)
     loops = []

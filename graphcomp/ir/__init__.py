@@ -5,4 +5,4 @@ and their printers (``functions``); reverse mode, once per step and over the unf
 from .core import (LEAVES, OPS, Node, Op, Shape, X, add, broadcast, concat, const, count, derivative,  # noqa: F401
                    elementwise_sympy, emap, evaluate, jvp, logsumexp, matmul, mul, numpy_function, param,
                    pretty, read, rewrite, substitute, take, to_sympy, total, toposort, transpose, typecheck,
-                   var, vjp, zeros)
+                   user_shape, var, vjp, zeros)

@@ -96,6 +96,12 @@ def param(name: str, shape: Shape) -> Node:
     return Node("param", (), name, tuple(shape), False)
 
 
+def user_shape(shape: Shape) -> tuple:
+    """The NumPy shape a user gives and gets for an IR shape: () for a scalar, (n,) for a
+    column vector (n, 1), (r, c) for a matrix."""
+    return shape[:1] if shape[1:] == (1,) else shape
+
+
 def const(value, shape: Shape = ()) -> Node:
     return Node("const", (), sp.sympify(value), tuple(shape), False)
 

@@ -205,7 +205,7 @@ class Recurrence:
         rng = np.random.default_rng(seed)
         out = {}
         for p, shape in self.step.params.items():
-            given = shape[:1] if shape[1:] == (1,) else shape
+            given = ir.user_shape(shape)
             if not shape:
                 out[p] = float(rng.uniform(-0.5, 0.5))
             elif p in self.step.weights:

@@ -36,7 +36,7 @@ class SignalInfo:
     @cached_property
     def array_shape(self) -> tuple:
         """Per-example NumPy shape: (), (n,) for a column vector, (r, c) for a matrix."""
-        return self.shape[:1] if self.shape[1:] == (1,) else self.shape
+        return ir.user_shape(self.shape)
 
     @cached_property
     def margins(self) -> tuple:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from ... import ir
 from ...check import Batch
 from ...layout import interior, lengths32, step_rows, timelines, tree_levels, tree_timelines
 from ...plan.kernels import Plans
@@ -120,7 +121,7 @@ class NumbaBackend:
         plan = self.kernel(first).plan
         signals = {s: dict(before=plan.buffer(f"{s}_").before, rows=plan.buffer(f"{s}_").rows,
                            width=plan.buffer(f"{s}_").width) for s in plan.signals}
-        params = {p: shape[:1] if shape[1:] == (1,) else shape for p, shape in self.step.params.items()}
+        params = {p: ir.user_shape(shape) for p, shape in self.step.params.items()}
         call = self.kernel(first).driver_source.split(f"def {first}(", 1)[1].split(")", 1)[0]
         usage = (f"\n\nEntry points: {', '.join(names)}. For example\n\n"
                  f"    work = np.empty(work_size_{first}(T, B))\n"

@@ -550,7 +550,7 @@ class Driver:
         for p, shape in self.params.items():
             node = ct.get(ir.param(p, shape))
             code = self.value(node) if node is not None else f"np.zeros({shape}, dtype)"
-            user = shape[:1] if shape[1:] == (1,) else shape
+            user = ir.user_shape(shape)
             grads.append(f"{p!r}: np.array({code}, dtype).reshape({user})" if self.flavor == "python" else code)
         if self.flavor == "numba":
             return f"dtype({k.loss}.sum()), " + "".join(f"{g}, " for g in grads)
