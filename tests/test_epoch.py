@@ -65,6 +65,23 @@ def test_frozen_parameters_and_matrices_in_the_compiled_epoch():
     np.testing.assert_array_equal(fast.params["U"], params["U"])   # frozen
 
 
+def test_a_float32_kernel_trains_in_the_compiled_epoch_as_in_python():
+    """The float64 master parameters go to a float32 kernel in its dtype (they went as
+    float64, and Numba could not compile the epoch); the updates, norm clipping included,
+    match the Python loop's to the last bit."""
+    model = gc.models.lstm(3, 4, 2)
+    kernel = gc.compile(model, dtype="float32")
+    params = model.init_params(seed=2)
+    rng = np.random.default_rng(2)
+    data = {"x": rng.normal(size=(6, 16, 3)), "y": rng.normal(size=(6, 16, 2))}
+    (slow, h1), (fast, h2) = fit_both(kernel, params, data, None, optimizer=optim.Adam(0.01), clip_norm=0.1,
+                                      epochs=2, batch_size=4)
+    assert fast._epoch is not None and fast.params["W_i"].dtype == np.float32
+    assert h2.loss == pytest.approx(h1.loss, rel=1e-6)
+    for p in params:
+        np.testing.assert_array_equal(fast.params[p], slow.params[p])
+
+
 def test_divergence_in_the_compiled_epoch_is_reported_as_in_python(scalar):
     kernel, data, lengths = scalar
     big = {n: v * 50 for n, v in data.items()}

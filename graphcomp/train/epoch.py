@@ -100,7 +100,9 @@ def source(kernel, optimizer: Optimizer, train: list) -> str:
             body.append(f"    _gather(d_{n}, index, T, {before}, ext_{n})")
         if not shape:
             body.append(f"    ext_{n} = ext_{n}.reshape(ext_{n}.shape[0])")
-    call = [f"theta[{where[p][0]}]" if shape == () else f"theta[{where[p][0]}:{sum(where[p])}].reshape({shape})"
+    # the kernel takes its parameters in its dtype; theta stays the float64 master copy
+    body.append("    q = theta" if kernel.dtype == np.float64 else "    q = theta.astype(dtype)")
+    call = [f"q[{where[p][0]}]" if shape == () else f"q[{where[p][0]}:{sum(where[p])}].reshape({shape})"
             for p, shape in step.params.items()]
     body.append(f"    out = loss_and_grad(T, B, lengths, work, {', '.join([f'ext_{n}' for n in names] + call)})")
     body.append("    loss = out[0]")
@@ -112,8 +114,8 @@ def source(kernel, optimizer: Optimizer, train: list) -> str:
     body += ["    if not (np.isfinite(loss) and np.all(np.isfinite(G))):", "        return k",
              "    if clip_value < np.inf:", "        np.clip(G, -clip_value, clip_value, G)",
              "    total = 0.0"]
-    body += [f"    total += np.sum(G[{where[p][0]}:{sum(where[p])}] * G[{where[p][0]}:{sum(where[p])}])"
-             for p in train]   # parameter by parameter, as the Python loop adds them up
+    body += [f"    total += np.dot(G[{where[p][0]}:{sum(where[p])}], G[{where[p][0]}:{sum(where[p])}])"
+             for p in train]   # parameter by parameter, by BLAS's dot, as the Python loop adds them up
     body += ["    if clip_norm < np.inf and not np.isfinite(total):", "        return k",   # its norm overflows
              "    if np.sqrt(total) > clip_norm:", "        G *= clip_norm / np.sqrt(total)"]
     body += [f"    _put(keep_{a}, 0, {a})" for a in changed]
@@ -158,10 +160,9 @@ class Epoch:
         work = np.empty(max(impl.workspace("loss_and_grad", Tmax, B), 1), self.kernel.dtype)
         names = impl.kernel("loss_and_grad").plan.signals
         where = _layout(step, self.train)
-        theta = np.concatenate([np.asarray(params[p], np.float64).reshape(-1) for p in where])
+        theta = np.concatenate([np.asarray(params[p], np.float64).reshape(-1) for p in where])   # the master copy
         nt = sum(where[p][1] for p in self.train)
-        slots = [np.concatenate([state[p][s].reshape(-1) for p in self.train]) if self.train else np.empty(0)
-                 for s in self.optimizer.slots]
+        slots = [np.concatenate([state[p][s].reshape(-1) for p in self.train]) for s in self.optimizer.slots]
         prev, prev_slots = np.empty(nt), [np.empty_like(a) for a in slots]
         lrs = np.array([self.optimizer.rate(step0 + k) for k in range(len(batches))], np.float64)
         losses = np.zeros(len(batches))
