@@ -26,7 +26,7 @@ from .optim import Adam, Optimizer, clip
 if TYPE_CHECKING:
     from distributed import Client
 
-COMPILED_EPOCH_UPDATES = 2000   # compiled="auto": from this many updates in one fit, compile the epoch
+COMPILED_EPOCH_UPDATES = 3000   # compiled="auto": from this many updates in one fit, compile the epoch
 
 
 @dataclass
