@@ -14,6 +14,7 @@ from .check import Batch, batch_major, prepare, seeds as check_seeds, time_major
 from .errors import GraphcompError, NotFinite
 from .backends import NAMES, registry
 from .lang.step import Step
+from .plan.region import Unsupported
 
 DTYPES = ("float64", "float32")
 
@@ -217,7 +218,6 @@ class _compile_errors:
         return self
 
     def __exit__(self, kind, error, trace):
-        from .plan.region import Unsupported
         if isinstance(error, Unsupported):
             raise GraphcompError(f"the Numba backend cannot compile this model yet ({error}); "
                                  "use gc.compile(model, backend='reference')") from None

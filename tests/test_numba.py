@@ -20,7 +20,7 @@ import sympy as sp
 import graphcomp as gc
 from graphcomp.backends.numba.backend import load
 from graphcomp.backends.numba.runtime import runtime_name, runtime_source
-from graphcomp.backends.tiered import SLOW, Tiered, _nodes as tiered_nodes
+from graphcomp.backends.tiered import SLOW, Tiered, _nodes as tiered_nodes, _weights as tiered_weights
 from graphcomp.plan.nodes import Components, Let, Load, Outer, Product, Rows, Steps, check, pretty, walk
 
 from catalogue import CATALOGUE, delays, elman, finite_difference, linear_scalar, lstm, nonlinear_map
@@ -415,8 +415,7 @@ def test_wait_false_waits_for_the_kernels_when_the_reference_backend_would_be_sl
     waiting; the estimate counts that, and a measured call replaces the estimate."""
     step = gc.models.lstm(32, 64, 32).step
     big, small = SimpleNamespace(T=100, B=32), SimpleNamespace(T=20, B=4)
-    tiered = SimpleNamespace(_rate=None, _nodes=tiered_nodes(step),
-                             _weights=sum(int(np.prod(s)) for s in step.params.values()))
+    tiered = SimpleNamespace(_rate=None, _nodes=tiered_nodes(step), _weights=tiered_weights(step))
     assert Tiered._cost(tiered, big) >= SLOW > Tiered._cost(tiered, small)
     tiered._rate = 1e-3                                # measured: 1 ms per step and sequence
     assert Tiered._cost(tiered, small) == pytest.approx(0.08)

@@ -32,8 +32,7 @@ class Tiered:
         self.dtype = compiled.dtype
         self.ready = threading.Event()
         self.error: Exception | None = None
-        self._nodes = _nodes(reference.step)
-        self._weights = sum(int(np.prod(shape)) for shape in reference.step.params.values())
+        self._nodes, self._weights = _nodes(reference.step), _weights(reference.step)
         self._rate: float | None = None   # seconds per step and example, from the last reference call
         threading.Thread(target=self._warm, name="graphcomp compile", daemon=True).start()
 
@@ -57,10 +56,9 @@ class Tiered:
     def _cost(self, batch: Batch) -> float:
         """Seconds a reference call of this batch would take: measured on the last one, else
         estimated from the step's nodes and parameters."""
-        steps = int(np.prod(batch.T))
         if self._rate is not None:
-            return self._rate * steps * batch.B
-        return steps * (self._nodes * PER_NODE + batch.B * self._weights * PER_WEIGHT)
+            return self._rate * _rows(batch)
+        return _rows(batch) * self._weights * PER_WEIGHT + int(np.prod(batch.T)) * self._nodes * PER_NODE
 
     def _pick(self, batch: Batch):
         """The compiled kernels once ready; before, the reference backend for a quick call."""
@@ -75,7 +73,7 @@ class Tiered:
         start = time.perf_counter()
         result = call(impl)
         if impl is self.reference:
-            self._rate = (time.perf_counter() - start) / (int(np.prod(batch.T)) * batch.B)
+            self._rate = (time.perf_counter() - start) / _rows(batch)
         return result
 
     def forward(self, batch: Batch):
@@ -97,3 +95,13 @@ def _nodes(step) -> int:
     adj = adjoint(step)
     backward = [n for who in adj.reads for n in (*adj.reads[who].values(), *adj.params[who].values())]
     return len(ir.toposort(step.roots())) + len(ir.toposort(backward))
+
+
+def _weights(step) -> int:
+    """Parameter entries: the reference backend keeps each example's gradient of every one."""
+    return sum(int(np.prod(shape)) for shape in step.params.values())
+
+
+def _rows(batch: Batch) -> int:
+    """Steps times examples: what a reference call's time grows with."""
+    return int(np.prod(batch.T)) * batch.B

@@ -3,6 +3,7 @@
 data scattered to the workers once, and returns their ``Results`` in the order given."""
 from __future__ import annotations
 
+import abc
 import copy
 import inspect
 import math
@@ -57,7 +58,7 @@ class Results(list):
         return min(finite, key=lambda r: r.val_loss)
 
 
-class Job:
+class Job(abc.ABC):
     """One fit of many: a model (a ``gc.Recurrence`` or a kernel), its starting parameters, its
     own ``data`` and ``validation`` (None: the ones given to ``fits``) and a ``name`` that
     errors and results use (by default its options, e.g. "seed=3, Adam lr=0.01")."""
@@ -73,9 +74,9 @@ class Job:
         job.data = job.validation = None
         return job
 
+    @abc.abstractmethod
     def run(self, kernel, data, validation) -> Result:
         """The fit on a worker: each kind of job (Train, LeastSquares) says how it runs."""
-        raise NotImplementedError(f"{type(self).__name__} is not a kind of fit; use gc.scale.Train or LeastSquares")
 
 
 class Train(Job):
