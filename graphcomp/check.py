@@ -3,6 +3,7 @@ before any backend sees it, and converted to the layout the backends use."""
 from __future__ import annotations
 
 import difflib
+import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -72,24 +73,28 @@ def _plain(a: np.ndarray) -> np.ndarray:
     return a if a.flags.c_contiguous and a.flags.writeable else np.array(a, order="C")
 
 
-def _finite(a: np.ndarray, what: str) -> None:
-    """NaN or infinity is an error naming its first index. One reduction decides (a sum of
-    finite values is finite unless it overflows); only then is the array searched."""
-    if a.size > 4096:
-        with np.errstate(over="ignore", invalid="ignore"):
-            if np.isfinite(a.sum()):
-                return
-    elif np.isfinite(a).all():
+def _finite(arrays: dict) -> None:
+    """NaN or infinity in any of ``arrays`` (what -> array) is an error naming the array and
+    its first index. One sum of one reduction per array decides (a sum of finite values is
+    finite unless it overflows); only then is each array searched."""
+    total = 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        for a in arrays.values():
+            total += float(np.add.reduce(a, None))
+    if math.isfinite(total):
         return
-    bad = ~np.isfinite(a)
-    if bad.any():
-        where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise GraphcompError(f"{what} contains {a[where]} at index {where}; give finite values")
+    for what, a in arrays.items():
+        bad = ~np.isfinite(a)
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise GraphcompError(f"{what} contains {a[where]} at index {where}; give finite values")
 
 
 def _names(given, kind: str, required: list, allowed: list, step: Step) -> Mapping:
     if not isinstance(given, Mapping):
         raise GraphcompError(f"{kind}s must be a dict name -> array, got {type(given).__name__}")
+    if len(given) == len(required) and all(n in given for n in required):   # the common case
+        return given
     for name in given:
         if name not in allowed:
             if kind == "input" and name in step.states:
@@ -146,6 +151,7 @@ def prepare(step: Step, params, inputs, lengths=None, initial=None, *, with_loss
     if B < 1:
         raise GraphcompError("the batch is empty (B = 0)")
 
+    partial = False
     if lengths is None:
         lens = np.full(B, T, dtype=np.int64)
     else:
@@ -164,12 +170,12 @@ def prepare(step: Step, params, inputs, lengths=None, initial=None, *, with_loss
             b = int(np.argmax(outside))
             raise GraphcompError(f"lengths[{b}] = {raw[b]} is outside 1..{T} (T = {T} steps)")
         lens = raw.astype(np.int64)
-    partial = bool(lens.min() < T)
+        partial = bool(lens.min() < T)
     if partial and T == B and inputs:
         warn_if_batch_major({n: inputs[n] for n in inputs}, lens, stacklevel=4)
     valid = np.arange(1, T + 1)[:, None] <= lens[None, :] if partial else None
 
-    out_inputs = {}
+    out_inputs, finite = {}, {}
     for name in inputs:
         info = step.signals[name]
         a = _array(inputs[name], f"input {name!r}", dtype)
@@ -179,8 +185,9 @@ def prepare(step: Step, params, inputs, lengths=None, initial=None, *, with_loss
                                  "arrays are time-major (T, B, ...))")
         if partial:   # past its length a sequence reads zeros
             a = np.where(valid.reshape(valid.shape + (1,) * (a.ndim - 2)), a, 0).astype(dtype, copy=False)
-        _finite(a, f"input {name!r}")
         out_inputs[name] = _plain(a.reshape((T, B) + info.shape))
+        finite[f"input {name!r}"] = a
+    _finite(finite)
 
     initial = {} if initial is None else initial
     if not isinstance(initial, Mapping):
@@ -210,7 +217,7 @@ def prepare(step: Step, params, inputs, lengths=None, initial=None, *, with_loss
             order = "oldest first" if info.direction > 0 else "in time order, first the step after the last"
             raise GraphcompError(f"initial value of {name!r} has shape {_fmt(a.shape)}; expected {hint}"
                                  f"{_fmt(full)}: {k} value(s) per sequence, {order}")
-        _finite(given, f"initial value of {name!r}")   # an index in the layout given
+        _finite({f"initial value of {name!r}": given})   # an index in the layout given
         out_init[name] = _plain(a.reshape((k, B) + info.shape))
     return Batch(T, B, out_params, out_inputs, lens, out_init, dtype)
 
@@ -218,14 +225,15 @@ def prepare(step: Step, params, inputs, lengths=None, initial=None, *, with_loss
 def _params(step: Step, params, dtype) -> dict:
     """The parameters, checked, in their IR shapes."""
     _names(params, "parameter", list(step.params), list(step.params), step)
-    out = {}
+    out, finite = {}, {}
     for name, shape in step.params.items():
-        want = ir.user_shape(shape)
-        a = _array(params[name], f"parameter {name!r}", dtype)
-        if a.shape != want and not (a.shape == shape and name in step.weights):
-            raise GraphcompError(f"parameter {name!r} has shape {_fmt(a.shape)}, expected {_expected(step, name, a)}")
-        _finite(a, f"parameter {name!r}")
+        what = f"parameter {name!r}"
+        a = _array(params[name], what, dtype)
+        if a.shape != ir.user_shape(shape) and not (a.shape == shape and name in step.weights):
+            raise GraphcompError(f"{what} has shape {_fmt(a.shape)}, expected {_expected(step, name, a)}")
         out[name] = _plain(a.reshape(shape))
+        finite[what] = a
+    _finite(finite)
     return out
 
 
@@ -285,7 +293,7 @@ def _prepare_grid(step: Step, params: dict, inputs, lengths, initial, with_loss:
             raise GraphcompError(f"input {name!r} has per-point shape {_fmt(a.shape[n + 1:])}, expected "
                                  f"{_fmt(info.array_shape)} (the model declares {name} as {_what(info)})")
         a = np.where(valid.reshape(valid.shape + (1,) * len(info.array_shape)), a, 0).astype(dtype, copy=False)
-        _finite(a, f"input {name!r}")
+        _finite({f"input {name!r}": a})
         batch.inputs[name] = a.reshape(extents + (B,) + info.shape)
     initial = {} if initial is None else initial
     if not isinstance(initial, Mapping):
@@ -300,7 +308,7 @@ def _prepare_grid(step: Step, params: dict, inputs, lengths, initial, with_loss:
             raise GraphcompError(f"initial value of {name!r} has shape {_fmt(a.shape)}; over a grid it is the value "
                                  f"every read outside an example's extent sees: ({B}"
                                  + "".join(f", {k}" for k in info.array_shape) + ")")
-        _finite(a, f"initial value of {name!r}")
+        _finite({f"initial value of {name!r}": a})
         batch.initial[name] = a.reshape((1, B) + info.shape)
     return batch
 
@@ -354,7 +362,7 @@ def _prepare_tree(step: Step, params: dict, inputs, lengths, initial, with_loss:
         if a.shape != (B,) + info.array_shape:
             raise GraphcompError(f"initial value of {name!r} has shape {_fmt(a.shape)}; over a tree it is what a "
                                  f"missing child reads: ({B}" + "".join(f", {k}" for k in info.array_shape) + ")")
-        _finite(a, f"initial value of {name!r}")
+        _finite({f"initial value of {name!r}": a})
         tree_initial[name] = a.reshape((1, B) + info.shape)
     batch = prepare(_as_time(step), params, inputs, lens, None, with_loss=with_loss, dtype=dtype,
                     needed=None if needed is None else [n for n in needed if n != HAS_CHILD] + (
@@ -481,7 +489,7 @@ def seeds(step: Step, given, B: int, dtype) -> dict:
             hint = f"({B}{''.join(f', {n}' for n in info.array_shape)}) or " if k == 1 else ""
             raise GraphcompError(f"final cotangent of {name!r} has shape {_fmt(a.shape)}; expected {hint}{_fmt(full)}: "
                                  f"the cotangents of each sequence's last {k} value(s), oldest first")
-        _finite(a, f"final cotangent of {name!r}")
+        _finite({f"final cotangent of {name!r}": a})
         out[name] = a.reshape((k, B) + info.shape)
     return out
 

@@ -171,7 +171,12 @@ class Kernel:
         out = {}
         for p, g in grads.items():
             given = np.shape(params[p])
-            out[p] = self._out(g, given) if given else self.dtype.type(g)
+            if not given:
+                out[p] = self.dtype.type(g)
+            elif type(g) is np.ndarray and g.shape == given and g.dtype == self.dtype and g.flags.c_contiguous:
+                out[p] = g   # the back end's own new array, already in the caller's layout
+            else:
+                out[p] = self._out(g, given)
         if not with_initial:
             return self.dtype.type(loss), out
         return self.dtype.type(loss), out, self._initial_out(init, batch)
@@ -229,7 +234,7 @@ def _all_finite(loss, grads: dict) -> bool:
     overflows, and only then is each gradient searched. (Call it with overflow ignored.)"""
     total = float(loss)
     for g in grads.values():
-        total += float(g.sum()) if isinstance(g, np.ndarray) else float(g)
+        total += float(np.add.reduce(g, None)) if isinstance(g, np.ndarray) else float(g)
     return math.isfinite(total)
 
 

@@ -286,6 +286,14 @@ def test_repeated_calls_agree_to_the_last_bit(compiled):
     first = k.loss_and_grad(*args_of(case))
     second = k.loss_and_grad(*args_of(case))
     assert first[0] == second[0] and all(np.array_equal(first[1][p], second[1][p]) for p in case.params)
+    # each call's gradients are its own arrays, shaped like the parameters: writing into them
+    # changes neither another call's nor the kernel's next answer
+    for p, g in first[1].items():
+        assert np.shape(g) == np.shape(case.params[p]) and not np.shares_memory(g, second[1][p])
+        if np.ndim(g):
+            g[...] = np.nan
+    third = k.loss_and_grad(*args_of(case))
+    assert all(np.array_equal(second[1][p], third[1][p]) for p in case.params)
 
 
 def test_the_generated_source_of_a_small_model_is_the_golden_file():

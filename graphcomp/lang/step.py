@@ -84,12 +84,12 @@ class Step:
         """Over two or more axes (a read's offset is then a tuple, one entry per axis)."""
         return len(self.axes) > 1
 
-    @property
+    @cached_property
     def tree(self) -> bool:
         """Over trees: some signal is read at a child (a read's offset is then ("child", k))."""
         return self.children > 0
 
-    @property
+    @cached_property
     def children(self) -> int:
         """The child slots a tree model reads (1 + the largest k of ``gc.child(k)``), else 0."""
         return 1 + max((o[1] for i in self.signals.values() for o in i.offsets if _is_child(o)), default=-1)
@@ -99,11 +99,11 @@ class Step:
         """The offset of a read at the current step: 0, or over a grid (0, 0, ...)."""
         return _zero(self.axes)
 
-    @property
+    @cached_property
     def states(self) -> list:
         return [n for n, s in self.signals.items() if s.role == "state"]
 
-    @property
+    @cached_property
     def inputs(self) -> list:
         return [n for n, s in self.signals.items() if s.role == "input"]
 
