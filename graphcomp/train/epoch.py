@@ -25,6 +25,29 @@ def _gather(data, index, T, before, ext):
 
 
 @njit(cache=True, nogil=True)
+def _finite(a):
+    """Every value of a flat array is finite. (Loops like these, compiled once and cached, keep
+    NumPy's array functions out of the epoch: each costs the epoch's first compile time.)"""
+    for i in range(a.size):
+        if not np.isfinite(a[i]):
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _clip(a, bound):
+    """a = clip(a, -bound, bound), in place."""
+    for i in range(a.size):
+        a[i] = min(max(a[i], -bound), bound)
+
+
+@njit(cache=True, nogil=True)
+def _scale(a, factor):
+    for i in range(a.size):
+        a[i] *= factor
+
+
+@njit(cache=True, nogil=True)
 def _put(dst, at, src):
     """dst[at:at + src.size] = src, flattened. A loop: Numba's slice assignment from an array
     compiles its error message's string formatting, seconds on the epoch's first compile."""
@@ -69,14 +92,14 @@ def source(kernel, optimizer: Optimizer, train: list) -> str:
         f"dtype = np.{kernel.dtype.name}",
         f"from {compiled.module} import loss_and_grad_loops",
         f"from graphcomp.train.optim import {rule} as _rule",
-        "from graphcomp.train.epoch import _gather, _put",
+        "from graphcomp.train.epoch import _clip, _finite, _gather, _put, _scale",
         "",
         "",
-        "@njit(error_model='numpy', inline='always')   # into epoch: the loops are linked and optimized once",
+        "@njit(error_model='numpy', inline='always')",
         backend.driver_source("loss_and_grad", flavor="numba"),
         "",
     ]
-    args = ["order", "starts", "lens", "work", *(f"d_{n}" for n in inputs), "theta", "G", "prev", *slots,
+    args = ["loops", "order", "starts", "lens", "work", *(f"d_{n}" for n in inputs), "theta", "G", "prev", *slots,
             *(f"prev_{s}" for s in slots), "lrs", "h", "step0", "clip_norm", "clip_value", "losses"]
     changed = ["p", *slots]
     body = [f"def epoch({', '.join(args)}):",
@@ -104,22 +127,22 @@ def source(kernel, optimizer: Optimizer, train: list) -> str:
     body.append("    q = theta" if kernel.dtype == np.float64 else "    q = theta.astype(dtype)")
     call = [f"q[{where[p].start}]" if shape == () else f"q[{where[p].start}:{where[p].stop}].reshape({shape})"
             for p, shape in step.params.items()]
-    body.append(f"    out = loss_and_grad(T, B, lengths, work, {', '.join([f'ext_{n}' for n in names] + call)})")
+    body.append(f"    out = loss_and_grad(loops, T, B, lengths, work, {', '.join([f'ext_{n}' for n in names] + call)})")
     body.append("    loss = out[0]")
     for i, p in enumerate(step.params):
         if p in train:
             body.append(f"    G[{where[p].start}] = out[{i + 1}]" if step.params[p] == () else
                         f"    _put(G, {where[p].start}, out[{i + 1}])")
-    body += ["    if not (np.isfinite(loss) and np.all(np.isfinite(G))):", "        return k",
-             "    if clip_value < np.inf:", "        np.clip(G, -clip_value, clip_value, G)",
+    body += ["    if not (np.isfinite(loss) and _finite(G)):", "        return k",
+             "    if clip_value < np.inf:", "        _clip(G, clip_value)",
              "    total = 0.0"]
     body += [f"    total += np.dot(G[{where[p].start}:{where[p].stop}], G[{where[p].start}:{where[p].stop}])"
              for p in train]   # parameter by parameter, by BLAS's dot, as the Python loop adds them up
     body += ["    if clip_norm < np.inf and not np.isfinite(total):", "        return k",   # its norm overflows
-             "    if np.sqrt(total) > clip_norm:", "        G *= clip_norm / np.sqrt(total)"]
+             "    if np.sqrt(total) > clip_norm:", "        _scale(G, clip_norm / np.sqrt(total))"]
     body += [f"    _put(keep_{a}, 0, {a})" for a in changed]
     body.append(f"    _rule({', '.join(['p', 'G', *slots])}, lrs[k], h, step0 + k)")
-    body.append("    if not (" + " and ".join(f"np.all(np.isfinite({a}))" for a in changed) + "):")
+    body.append("    if not (" + " and ".join(f"_finite({a})" for a in changed) + "):")
     body += [f"        _put({a}, 0, keep_{a})" for a in changed] + ["        return k"]
     body += ["    _put(prev, 0, keep_p)"] + [f"    _put(prev_{a}, 0, keep_{a})" for a in slots]
     body += ["    losses[k] = loss", "return starts.size - 1"]
@@ -136,6 +159,15 @@ class Epoch:
                                  "use compiled=False")
         self.kernel, self.optimizer, self.train = kernel, optimizer, train
         self.module = load(source(kernel, optimizer, train))
+
+    def _compiled(self, loops, args: list):
+        """The epoch for these arguments, taking the kernel's compiled loops as a function
+        pointer: were they a global, Numba would link them in and optimize them again (a
+        third of the epoch's first compile) although their code is already in the cache."""
+        if not loops.signatures:
+            self.kernel.impl.warm()
+        pointer = numba.types.FunctionType(numba.types.none(*loops.signatures[0]))
+        return self.module.epoch.compile((pointer, *(numba.typeof(a) for a in args)))
 
     def data(self, params: dict, data) -> dict:
         """Each input the loss needs as one (T_max, N, width) array of the kernel's dtype,
@@ -166,11 +198,12 @@ class Epoch:
         lrs = np.array([self.optimizer.rate(step0 + k) for k in range(len(batches))], np.float64)
         losses = np.zeros(len(batches))
         inputs = [arrays[n] for n in names if n in arrays]
+        args = [order, starts, lengths.astype(np.int64), work, *inputs, theta, np.empty(nt), prev, *slots,
+                *prev_slots, lrs, self.optimizer.hyper(), step0, np.inf if clip_norm is None else float(clip_norm),
+                np.inf if clip_value is None else float(clip_value), losses]
         try:
-            done = self.module.epoch(order, starts, lengths.astype(np.int64), work, *inputs, theta, np.empty(nt), prev,
-                                     *slots, *prev_slots, lrs, self.optimizer.hyper(), step0,
-                                     np.inf if clip_norm is None else float(clip_norm),
-                                     np.inf if clip_value is None else float(clip_value), losses)
+            loops = self.module.loss_and_grad_loops
+            done = self._compiled(loops, args)(loops, *args)
         except numba.core.errors.NumbaError as e:
             raise GraphcompError(f"Numba could not compile the training epoch of this model: {str(e).splitlines()[0]}; "
                                  "use gc.Trainer(..., compiled=False)") from e

@@ -492,7 +492,9 @@ class Driver:
 
     def source(self, name: str, work: bool, flavor: str = "python") -> str:
         """The driver as plain Python, or (``flavor="numba"``) in the subset Numba compiles,
-        returning (loss, gradient, ...) in parameter order: for a compiled training epoch."""
+        returning (loss, gradient, ...) in parameter order: for a compiled training epoch. That
+        one takes the loops as its first argument, so that its caller calls them through a
+        pointer instead of linking and optimizing them again."""
         k, self.flavor = self.k, flavor
         signals = [f"{s}_" for s in k.signals]
         params = [f"q_{p}" for p in self.params]   # in their IR shapes
@@ -519,10 +521,12 @@ class Driver:
                 continue
             view = f"work[w:w + {size}]" + ("" if b.width is None else f".reshape({shape})")
             self.lines += [f"{b.name} = {view}", f"w += -(-({size}) // 8) * 8"] + ([f"{b.name}[:] = 0"] if b.zero else [])
-        self.lines.append(f"{k.name}_loops({', '.join(self.loops_args)})")
+        loops = "loops" if flavor == "numba" else f"{k.name}_loops"   # numba: called through a pointer
+        self.lines.append(f"{loops}({', '.join(self.loops_args)})")
         self.lines.append(f"return {self.results()}")
         topology = ["levels", "child"] if k.tree else []   # over trees: T nodes, visited level by level
-        args = ["T", "B", "lengths", *(["work"] if work else []), *topology, *signals, *params, *seeds]
+        args = [*(["loops"] if flavor == "numba" else []), "T", "B", "lengths", *(["work"] if work else []),
+                *topology, *signals, *params, *seeds]
         doc = f'"""{name}: see the module docstring; returns {self.what()}."""'
         return f"def {name}({', '.join(args)}):\n    " + "\n    ".join([doc] + self.lines) + "\n"
 
