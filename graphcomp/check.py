@@ -73,15 +73,20 @@ def _plain(a: np.ndarray) -> np.ndarray:
     return a if a.flags.c_contiguous and a.flags.writeable else np.array(a, order="C")
 
 
-def _finite(arrays: dict) -> None:
-    """NaN or infinity in any of ``arrays`` (what -> array) is an error naming the array and
-    its first index. One sum of one reduction per array decides (a sum of finite values is
-    finite unless it overflows); only then is each array searched."""
+def sums_finite(values) -> bool:
+    """The cheap first test that ``values`` (arrays or numbers) hold no NaN or infinity: their
+    sum is finite (a sum of finite values is finite unless it overflows). False: search them."""
     total = 0.0
     with np.errstate(over="ignore", invalid="ignore"):
-        for a in arrays.values():
-            total += float(np.add.reduce(a, None))
-    if math.isfinite(total):
+        for v in values:
+            total += float(np.add.reduce(v, None)) if isinstance(v, np.ndarray) else float(v)
+    return math.isfinite(total)
+
+
+def _finite(arrays: dict) -> None:
+    """NaN or infinity in any of ``arrays`` (what -> array) is an error naming the array and
+    its first index; the arrays are searched only when their sum is not finite."""
+    if sums_finite(arrays.values()):
         return
     for what, a in arrays.items():
         bad = ~np.isfinite(a)

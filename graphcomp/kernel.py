@@ -2,7 +2,6 @@
 and hands results back in the user's NumPy shapes and the kernel's dtype."""
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import numpy as np
 
 from . import ir
 from .grad import methods
-from .check import Batch, batch_major, prepare, seeds as check_seeds, time_major
+from .check import Batch, batch_major, prepare, seeds as check_seeds, sums_finite, time_major
 from .errors import GraphcompError, NotFinite
 from .backends import NAMES, registry
 from .lang.step import Step
@@ -73,11 +72,12 @@ class Kernel:
             states, outputs = self.impl.forward(batch)
         _check_finite(self.program, batch, states)
         result, lead = {}, (batch.T if self.program.grid else (batch.T,)) + (batch.B,)
+        ragged = not (self.program.grid or self.program.tree) and batch.lengths.min() < batch.T
         for s, a in states.items():
             info = self.program.signals[s]
             if self.program.grid or self.program.tree:   # outside an example's extent (its tree): zero
                 a = np.where(_expand(batch.valid, a), a, 0)
-            elif info.direction > 0 and batch.lengths.min() < batch.T:   # a forward state stops changing past its sequence's end
+            elif info.direction > 0 and ragged:   # a forward state stops changing past its sequence's end
                 last = a[batch.lengths - 1, np.arange(batch.B)]
                 a = np.where(_expand(batch.valid, a), a, last[None])
             result[s] = self._out(a, lead + info.array_shape)
@@ -159,7 +159,7 @@ class Kernel:
             seeds = check_seeds(self.program, final_cotangents or {}, batch.B, batch.dtype)
         with np.errstate(all="ignore"), _compile_errors():
             loss, grads, init = methods.run(self, batch, method, seeds, options)
-            finite = _all_finite(loss, grads)
+            finite = sums_finite([loss, *grads.values()])
         bad = [] if finite else [p for p, g in grads.items() if not np.all(np.isfinite(g))]
         if not np.isfinite(loss) or bad:
             with np.errstate(all="ignore"):
@@ -229,15 +229,6 @@ class _compile_errors:
         return False
 
 
-def _all_finite(loss, grads: dict) -> bool:
-    """One sum decides for the common case: a sum of finite values is finite unless it
-    overflows, and only then is each gradient searched. (Call it with overflow ignored.)"""
-    total = float(loss)
-    for g in grads.values():
-        total += float(np.add.reduce(g, None)) if isinstance(g, np.ndarray) else float(g)
-    return math.isfinite(total)
-
-
 def _expand(valid: np.ndarray, like: np.ndarray) -> np.ndarray:
     return valid.reshape(valid.shape + (1,) * (like.ndim - valid.ndim))
 
@@ -246,9 +237,8 @@ def _check_finite(step: Step, batch: Batch, states: dict) -> None:
     """A state that overflows is an error that names it, the step and the sequence. One sum
     decides when every value is finite; only otherwise are the states searched (inside each
     sequence: past its end a value is never read)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        if math.isfinite(sum(float(np.add.reduce(a, None)) for a in states.values())):
-            return
+    if sums_finite(states.values()):
+        return
     for s, a in states.items():
         bad = ~np.isfinite(a) & _expand(batch.valid, a)
         if bad.any():

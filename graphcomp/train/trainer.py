@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 import weakref
 from dataclasses import asdict, dataclass, field
@@ -20,7 +19,7 @@ from .trees import Trees, trees
 from ..errors import Diverged, GraphcompError, NotFinite, is_count
 from ..kernel import Kernel, compile
 from ..grad.methods import check_cuttable
-from ..check import warn_if_batch_major
+from ..check import sums_finite, warn_if_batch_major
 from .optim import Adam, Optimizer, clip
 
 if TYPE_CHECKING:
@@ -740,11 +739,9 @@ def _copy_state(state: dict) -> dict:
 
 
 def _not_finite(params: dict, state: dict) -> str:
-    """The first parameter or optimizer slot holding inf or NaN, in words ("" if none). Each
-    array's sum decides (a sum of finite values is finite unless it overflows); only then a
-    search."""
-    if all(math.isfinite(v.sum()) for v in params.values()) and \
-            all(math.isfinite(a.sum()) for slots in state.values() for a in slots.values()):
+    """The first parameter or optimizer slot holding inf or NaN, in words ("" if none); they
+    are searched only when their sum is not finite."""
+    if sums_finite([*params.values(), *(a for slots in state.values() for a in slots.values())]):
         return ""
     for p, v in params.items():
         if not np.isfinite(v).all():
